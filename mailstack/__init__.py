@@ -1,0 +1,5 @@
+"""mailstack: a complete, secure, self-hosted mail server from one config file."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+"""``python -m mailstack``."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,210 @@
+"""Templates → the exact config files of each host.
+
+One renderer: the roles only place these files, validate them with the daemons and reload.
+The output is deterministic (same site, same bytes) so it can be diffed, golden-tested and
+checked before a deploy. Decisions are made here, in Python, so templates read like the
+files they produce.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import jinja2
+
+from .config import SiteConfig
+from .errors import ConfigError
+from .files import write_atomic
+from .inventory import InventoryHost, load_hosts
+from .resources import resource_dir
+from .site import Site
+
+MANAGED_HEADER = (
+    "Managed by mailstack: edit mailstack.yml and run `mailstack deploy`; "
+    "local changes are overwritten."
+)
+# Mozilla "intermediate" (TLS 1.2 ciphers; TLS 1.3 suites are OpenSSL's defaults).
+MOZILLA_INTERMEDIATE_CIPHERS = ":".join([
+    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
+    "DHE-RSA-AES128-GCM-SHA256", "DHE-RSA-AES256-GCM-SHA384", "DHE-RSA-CHACHA20-POLY1305",
+])
+VMAIL = {"user": "vmail", "group": "vmail", "uid": 5000, "gid": 5000, "root": "/var/mail/vhosts"}
+TLS_DIR = "/etc/mailstack/tls"
+DKIM_KEYS_DIR = "/etc/opendkim/keys"
+
+# Files that carry a password, a hash or a private key: 0600 wherever mailstack writes them.
+SECRET_FILES = {
+    "etc/postfix/mysql/virtual_domains.cf",
+    "etc/postfix/mysql/virtual_mailboxes.cf",
+    "etc/postfix/mysql/virtual_aliases.cf",
+    "etc/postfix/mysql/sender_login.cf",
+    "etc/postfix/sasl_passwd",
+    "etc/dovecot/dovecot-sql.conf.ext",
+    "etc/mailstack/db-users.sql",
+    "etc/mailstack/accounts.sql",
+}
+
+
+@dataclass(frozen=True)
+class RenderedFile:
+    path: PurePosixPath  # relative to the host's root, e.g. etc/postfix/main.cf
+    content: str
+    secret: bool
+
+    @property
+    def mode(self) -> int:
+        return 0o600 if self.secret else 0o644
+
+
+def sql_literal(value: Any) -> str:
+    """A MariaDB string literal (NO_BACKSLASH_ESCAPES off, the default)."""
+    text = str(value)
+    return "'" + text.replace("\\", "\\\\").replace("'", "''").replace("\0", "\\0") + "'"
+
+
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(resource_dir("templates"))),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    env.filters["sql"] = sql_literal
+    return env
+
+
+def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[str, Any]:
+    """The render context (docs/render-context.md is its contract)."""
+    site_secrets = secrets.site
+    relay = None
+    if cfg.options.relay:
+        password = site_secrets.get("relay_password")
+        if not password:
+            raise ConfigError(
+                "options.relay is set but secrets/site.yml has no relay password: run "
+                "`mailstack relay set HOST USERNAME` to store it"
+            )
+        relay = {"host": cfg.options.relay.host, "username": cfg.options.relay.username,
+                 "password": password}
+    missing_hash = [u.address for u in cfg.users if u.address not in secrets.accounts]
+    if missing_hash:
+        raise ConfigError(
+            "users without a password hash in secrets/accounts.yml:",
+            details=[f"{a}: set one with `mailstack user passwd {a}`" for a in missing_hash],
+        )
+    domains = sorted(cfg.domains)
+    queue = cfg.options.queue
+    return {
+        "managed_header": MANAGED_HEADER,
+        "host": {"name": host.name, "hostname": cfg.hostname},
+        "mail": {
+            "domains": domains,
+            "primary_domain": cfg.primary_domain,
+            "admin_email": cfg.admin_email,
+            "message_size_limit": cfg.options.message_size_limit,
+            "mynetworks": "127.0.0.0/8 [::1]/128",
+            "vmail": dict(VMAIL),
+            "queue": {
+                "delay_warning_time": queue.delay_warning_time,
+                "maximal_queue_lifetime": queue.maximal_queue_lifetime,
+                "bounce_queue_lifetime": queue.bounce_queue_lifetime,
+            },
+            "relay": relay,
+        },
+        "tls": {
+            "cert_file": f"{TLS_DIR}/fullchain.pem",
+            "key_file": f"{TLS_DIR}/privkey.pem",
+            "protocols_postfix": "!SSLv2, !SSLv3, !TLSv1, !TLSv1.1",
+            "min_protocol_dovecot": "TLSv1.2",
+            "ciphers": MOZILLA_INTERMEDIATE_CIPHERS,
+        },
+        "db": {
+            "name": "mailstack",
+            "host": "127.0.0.1",
+            "port": 3306,
+            "postfix": {"user": "mailstack_postfix",
+                        "password": site_secrets["mariadb"]["postfix_password"]},
+            "dovecot": {"user": "mailstack_dovecot",
+                        "password": site_secrets["mariadb"]["dovecot_password"]},
+        },
+        "dkim": {
+            "milter": "inet:127.0.0.1:8891",
+            "socket": "inet:8891@127.0.0.1",
+            "keys": [
+                {"domain": d, "selector": secrets.dkim[d]["selector"],
+                 "key_file": f"{DKIM_KEYS_DIR}/{d}/{secrets.dkim[d]['selector']}.private"}
+                for d in domains
+            ],
+            "trusted_hosts": ["127.0.0.1", "::1", "localhost"],
+        },
+        "accounts": {
+            "domains": domains,
+            "mailboxes": [
+                {"address": u.address, "domain": u.address.split("@")[1],
+                 "local_part": u.address.split("@")[0],
+                 "password_hash": secrets.accounts[u.address], "quota_bytes": u.quota}
+                for u in sorted(cfg.users, key=lambda u: u.address)
+            ],
+            "aliases": [
+                {"source": src, "destination": dest}
+                for src in sorted(cfg.aliases)
+                for dest in sorted(cfg.aliases[src])
+            ],
+        },
+    }
+
+
+def render_host(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> list[RenderedFile]:
+    context = build_context(cfg, secrets, host)
+    env = environment()
+    files = []
+    for name in sorted(env.list_templates(filter_func=lambda n: n.endswith(".j2"))):
+        target = PurePosixPath(name.removesuffix(".j2"))
+        if str(target) == "etc/postfix/sasl_passwd" and context["mail"]["relay"] is None:
+            continue
+        content = env.get_template(name).render(context)
+        files.append(RenderedFile(target, content, str(target) in SECRET_FILES))
+    for key in context["dkim"]["keys"]:
+        pem = secrets.dkim[key["domain"]]["private_key"]
+        files.append(RenderedFile(PurePosixPath(key["key_file"].lstrip("/")), pem, True))
+    return files
+
+
+def render_site(site: Site, only_host: str | None = None) -> dict[str, list[RenderedFile]]:
+    """Rendered files per inventory host. A DKIM key missing for a domain declared by hand
+    is generated and saved first (existing keys are never replaced)."""
+    cfg = site.config
+    hosts = load_hosts(site.root, site.inventory)
+    if only_host:
+        hosts = [h for h in hosts if h.name == only_host]
+        if not hosts:
+            raise ConfigError(f"host {only_host!r} is not in the inventory's mail group")
+    missing = [d for d in cfg.domains if d not in site.secrets.dkim]
+    if missing:
+        site.secrets.ensure(cfg.domains)
+        site.secrets.save()
+    return {h.name: render_host(cfg, site.secrets, h) for h in hosts}
+
+
+def write_tree(files: list[RenderedFile], out: Path) -> None:
+    """Replace ``out`` with exactly these files (no stale leftovers), secrets 0600."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for f in files:
+            write_atomic(staging / f.path, f.content, mode=f.mode)
+        staging.chmod(0o700)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

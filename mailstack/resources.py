@@ -1,0 +1,15 @@
+"""Where the templates and roles are: the repository checkout, or inside the wheel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def resource_dir(name: str) -> Path:
+    """``templates`` or ``roles``: top level in a checkout, ``_data/`` in an installed wheel."""
+    checkout = _PACKAGE.parent / name
+    if checkout.is_dir():
+        return checkout
+    return _PACKAGE / "_data" / name

@@ -1,0 +1,129 @@
+"""mailstack.yml validation: every problem at once, each naming field, line and fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mailstack.config import ConfigDocument
+from mailstack.errors import ConfigError
+
+VALID = """\
+hostname: mail.example.org
+admin_email: admin@example.org
+domains: [example.org, example.net]
+users:
+  - address: alice@example.org
+  - address: bob@example.net
+    quota: 2G
+aliases:
+  postmaster@example.org: alice@example.org
+  team@example.org: [alice@example.org, bob@example.net, friend@elsewhere.com]
+options:
+  message_size_limit: 25M
+"""
+
+
+def load(tmp_path: Path, text: str) -> ConfigDocument:
+    path = tmp_path / "mailstack.yml"
+    path.write_text(text)
+    return ConfigDocument.load(path)
+
+
+def problems(tmp_path: Path, text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, text)
+    assert info.value.exit_code == 2
+    return info.value.details
+
+
+def test_valid_config_loads_with_derived_values(tmp_path):
+    cfg = load(tmp_path, VALID).model
+    assert cfg.primary_domain == "example.org"
+    assert cfg.users[1].quota == 2 * 1024**3
+    assert cfg.options.message_size_limit == 25 * 1024**2
+    assert cfg.aliases["postmaster@example.org"] == ["alice@example.org"]
+    assert cfg.options.queue.maximal_queue_lifetime == "5d"
+    assert cfg.options.storage.encryption == "gocryptfs"
+
+
+def test_unknown_key_is_named_with_a_suggestion_and_line(tmp_path):
+    text = VALID.replace("domains:", "domians:")
+    found = problems(tmp_path, text)
+    assert any("domians (line 3): unknown key 'domians'; did you mean 'domains'?" in p
+               for p in found)
+    assert any(p.startswith("domains: is required") for p in found)
+
+
+def test_unknown_nested_key(tmp_path):
+    text = VALID + "  queue:\n    max_lifetime: 5d\n"
+    (found,) = problems(tmp_path, text)
+    assert "options.queue.max_lifetime (line 14): unknown key 'max_lifetime'" in found
+
+
+def test_all_problems_reported_at_once(tmp_path):
+    text = VALID.replace("alice@example.org\n  - address: bob", "alice@@example.org\n"
+                         "  - address: bob").replace("25M", "lots").replace(
+        "hostname: mail.example.org", "hostname: mail_server.example.org")
+    found = problems(tmp_path, text)
+    assert len(found) == 3, found
+    joined = "\n".join(found)
+    assert "hostname (line 1): has an invalid label 'mail_server'" in joined
+    assert "users[0].address (line 5): must look like name@example.org" in joined
+    assert "'alice@@example.org'" in joined
+    assert "options.message_size_limit (line 12): must be a size like 50M" in joined
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (("bob@example.net\n", "bob@example.com\n"),
+         "domain 'example.com' is not declared; add it to domains"),
+        (("  - address: bob@example.net\n", "  - address: alice@example.org\n"),
+         "'alice@example.org' is declared twice"),
+        (("postmaster@example.org: alice@example.org",
+          "alice@example.org: bob@example.net"),
+         "alias 'alice@example.org' is also a mailbox"),
+        (("postmaster@example.org: alice@example.org",
+          "postmaster@example.org: ghost@example.org"),
+         "points to 'ghost@example.org', which is neither a mailbox nor an alias"),
+        (("postmaster@example.org: alice@example.org",
+          "postmaster@example.org: team@example.org\n  a@example.org: b@example.org\n"
+          "  b@example.org: a@example.org"),
+         "alias loop a@example.org -> b@example.org -> a@example.org"),
+        (("domains: [example.org, example.net]", "domains: [example.org, example.net, "
+          "example.org]"), "'example.org' is listed twice"),
+        (("25M", "25M\n  storage:\n    encryption: luks"),
+         "options.storage.encryption (line 14): must be 'gocryptfs', 'encfs' or 'none'"),
+        (("25M", "25M\n  queue:\n    delay_warning_time: soon"),
+         "must be a duration like 30m, 4h or 5d"),
+        (("25M", "25M\n  relay:\n    host: 'smtp example'\n    username: u"),
+         "options.relay.host (line 14): must look like [smtp.example.com]:587"),
+        (("domains: [example.org, example.net]", "domains: []"),
+         "domains (line 3): must list at least one domain"),
+        (("alice@example.org\n  - address: bob", "ali%ce@example.org\n  - address: bob"),
+         "has a routing or quoting character"),
+    ],
+)
+def test_rule_violations_name_the_field_and_the_fix(tmp_path, edit, expected):
+    old, new = edit
+    assert old in VALID
+    found = problems(tmp_path, VALID.replace(old, new, 1))
+    assert any(expected in p for p in found), found
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"not valid YAML \(line 4, column 1; .* on line 3\)"):
+        load(tmp_path, "hostname: a.b\nadmin_email: x@a.b\ndomains: [a.b\n")
+
+
+def test_top_level_must_be_a_mapping(tmp_path):
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load(tmp_path, "- just\n- a list\n")
+
+
+def test_addresses_are_normalised_to_lower_case(tmp_path):
+    cfg = load(tmp_path, VALID.replace("  - address: alice@example.org",
+                                        "  - address: Alice@Example.ORG")).model
+    assert cfg.users[0].address == "alice@example.org"
