@@ -179,6 +179,82 @@ def render(
                    "mode 0600)")
 
 
+# --- deploy, verify, dns ---------------------------------------------------------------
+
+
+@app.command()
+def deploy(
+    ctx: typer.Context,
+    check: Annotated[bool, typer.Option(
+        "--check", help="Show what would change (with diffs) without changing anything.")
+    ] = False,
+    limit: Annotated[str | None, typer.Option(help="Only this inventory host.")] = None,
+    tags: Annotated[str | None, typer.Option(
+        help="Only these parts, e.g. accounts (fast user/alias sync).")] = None,
+) -> None:
+    """Render, then converge every host over SSH (Ansible), with live progress."""
+    from .deploy import Progress
+    from .deploy import deploy as run_deploy
+
+    site = _opts(ctx).site()
+    progress = Progress()
+    result = run_deploy(
+        site, check=check, limit=limit, tags=tags, progress=progress,
+        on_rendered=lambda n: progress.line(f"rendered {n} files into {site.root / 'build'}"),
+    )
+    for host, task, diff in result.diffs:
+        typer.echo(f"--- {host}: {task}")
+        typer.echo(diff.rstrip())
+    typer.echo(f"{'check' if check else 'deploy'} finished in {result.elapsed:.0f} s")
+    for host, st in sorted(result.hosts.items()):
+        typer.echo(f"  {host}: ok={st.ok} changed={st.changed} failed={st.failed} "
+                   f"unreachable={st.unreachable} skipped={st.skipped}")
+    if not result.ok:
+        details = [f"{host or 'ansible'}: {task}: {why}" if task else f"{host}: {why}"
+                   for host, task, why in result.failures]
+        raise MailstackError("deploy failed:", details=details)
+    if check:
+        typer.echo(f"{result.changed} change(s) would be made" if result.changed
+                   else "no changes needed")
+    else:
+        typer.echo(f"{result.changed} change(s) made" if result.changed
+                   else "no changes: the hosts already match the site")
+
+
+@app.command()
+def verify(
+    ctx: typer.Context,
+    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")
+                        ] = False,
+    host: Annotated[str | None, typer.Option(help="Only this inventory host.")] = None,
+) -> None:
+    """Prove each host works: ports, TLS, AUTH rules, relay refusal, round trip, DKIM."""
+    from .verify import as_json, table
+    from .verify import verify as run_verify
+
+    results = run_verify(_opts(ctx).site(), host)
+    typer.echo(as_json(results) if json_out else table(results))
+    if not all(r.passed for r in results):
+        raise typer.Exit(1)
+
+
+@app.command()
+def dns(
+    ctx: typer.Context,
+    format: Annotated[str, typer.Option(
+        "--format", help="zone (for a zone file or to read) or json (for APIs).")] = "zone",
+) -> None:
+    """The DNS records the site needs: A, MX, SPF, DKIM, DMARC, and the PTR to ask for."""
+    from .dns import as_json, records, zone
+    from .inventory import load_hosts
+
+    if format not in ("zone", "json"):
+        raise MailstackError(f"--format {format!r}: choose zone or json")
+    site = _opts(ctx).site()
+    recs = records(site.config, site.secrets.dkim, load_hosts(site.root, site.inventory))
+    typer.echo((zone(recs) if format == "zone" else as_json(recs)).rstrip("\n"))
+
+
 # --- users -------------------------------------------------------------------------------
 
 
@@ -194,7 +270,7 @@ def user_add(
     from .accounts import add_user
 
     site = _opts(ctx).site()
-    site.config  # validate the site before asking for a password
+    _ = site.config  # validate the site before asking for a password
     password = _read_password(address, password_stdin)
     added = add_user(site, address, password, 0 if quota in ("0", "") else quota)
     typer.echo(f"added user {added}; run `mailstack deploy` to apply")
@@ -219,7 +295,7 @@ def user_passwd(
     from .accounts import set_password
 
     site = _opts(ctx).site()
-    site.config
+    _ = site.config  # validate the site before asking for a password
     password = _read_password(address, password_stdin)
     set_password(site, address, password)
     typer.echo(f"changed the password of {address}; run `mailstack deploy` to apply")
@@ -339,7 +415,7 @@ def relay_set(
     from .relay import set_relay
 
     site = _opts(ctx).site()
-    site.config
+    _ = site.config  # validate the site before asking for a password
     password = _read_password(username, password_stdin)
     set_relay(site, host, username, password)
     typer.echo(f"outgoing mail goes through {host}; run `mailstack deploy` to apply")
@@ -374,8 +450,13 @@ def sandbox_up(
 def sandbox_down() -> None:
     """Remove the sandbox host (the site directory is kept)."""
     from .sandbox import sandbox_down as down
+    from .testbed import TestbedError
 
-    typer.echo("sandbox removed" if down() else "no sandbox was running")
+    try:
+        removed = down()
+    except TestbedError as exc:
+        raise MailstackError(f"sandbox host: {exc}") from None
+    typer.echo("sandbox removed" if removed else "no sandbox was running")
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ from .errors import ConfigError, MailstackError
 from .names import address_problem, domain_problem, normalize_address
 
 CONFIG_FILE = "mailstack.yml"
+RESERVED_LOCAL_PART = "mailstack-verify"  # the mailbox `mailstack verify` uses
 
 _SIZE = re.compile(r"^(\d+)\s*([kmg]?)b?$", re.IGNORECASE)
 _DURATION = re.compile(r"^\d+[smhdw]$")
@@ -162,8 +163,16 @@ def semantic_problems(cfg: SiteConfig) -> list[tuple[tuple[Any, ...], str]]:
                        f"domains (mailstack domain add {domain})")
             )
 
+    for i, user in enumerate(cfg.users):
+        if user.address.split("@")[0] == RESERVED_LOCAL_PART:
+            problems.append((("users", i, "address"),
+                             f"{RESERVED_LOCAL_PART!r} is reserved for `mailstack verify`; "
+                             "choose another name"))
     for source, destinations in cfg.aliases.items():
         path = ("aliases", source)
+        if source.split("@")[0] == RESERVED_LOCAL_PART:
+            problems.append((path, f"{RESERVED_LOCAL_PART!r} is reserved for `mailstack "
+                                   "verify`; choose another name"))
         domain = source.split("@")[1]
         if domain not in domains:
             problems.append(
@@ -281,7 +290,7 @@ def validate(data: CommentedMap, path: Path, *, with_lines: bool = True) -> Site
         model = SiteConfig.model_validate(_plain(data))
     except ValidationError as exc:
         details = [_describe(err, lines) for err in exc.errors()]
-        raise ConfigError(f"{path.name} is invalid ({len(details)} problem(s)):", details=details)
+        raise ConfigError(f"{path.name} is invalid ({len(details)} problem(s)):", details=details) from None
     problems = semantic_problems(model)
     if problems:
         details = [f"{_path_str(p)}{_line(lines, p)}: {msg}" for p, msg in problems]

@@ -16,7 +16,7 @@ from typing import Any
 
 import jinja2
 
-from .config import SiteConfig
+from .config import RESERVED_LOCAL_PART, SiteConfig
 from .errors import ConfigError
 from .files import write_atomic
 from .inventory import InventoryHost, load_hosts
@@ -34,6 +34,9 @@ MOZILLA_INTERMEDIATE_CIPHERS = ":".join([
     "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
     "DHE-RSA-AES128-GCM-SHA256", "DHE-RSA-AES256-GCM-SHA384", "DHE-RSA-CHACHA20-POLY1305",
 ])
+# A mailbox that deploy creates and `mailstack verify` uses for its round trip; its password
+# lives in secrets/site.yml. Reserved: users cannot take this local part.
+VERIFY_LOCAL_PART = RESERVED_LOCAL_PART
 VMAIL = {"user": "vmail", "group": "vmail", "uid": 5000, "gid": 5000, "root": "/var/mail/vhosts"}
 TLS_DIR = "/etc/mailstack/tls"
 DKIM_KEYS_DIR = "/etc/opendkim/keys"
@@ -81,6 +84,10 @@ def environment() -> jinja2.Environment:
     return env
 
 
+def verify_address(cfg: SiteConfig) -> str:
+    return f"{VERIFY_LOCAL_PART}@{cfg.primary_domain}"
+
+
 def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[str, Any]:
     """The render context (docs/render-context.md is its contract)."""
     site_secrets = secrets.site
@@ -102,6 +109,17 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
         )
     domains = sorted(cfg.domains)
     queue = cfg.options.queue
+    mailboxes = [
+        {"address": u.address, "domain": u.address.split("@")[1],
+         "local_part": u.address.split("@")[0],
+         "password_hash": secrets.accounts[u.address], "quota_bytes": u.quota}
+        for u in cfg.users
+    ]
+    mailboxes.append({
+        "address": verify_address(cfg), "domain": cfg.primary_domain,
+        "local_part": VERIFY_LOCAL_PART, "password_hash": site_secrets["verify_password_hash"],
+        "quota_bytes": 10 * 1024**2,
+    })
     return {
         "managed_header": MANAGED_HEADER,
         "host": {"name": host.name, "hostname": cfg.hostname},
@@ -138,7 +156,7 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
         "dkim": {
             "milter": "inet:127.0.0.1:8891",
             "socket": "inet:8891@127.0.0.1",
-            "keys": [
+            "signing_keys": [
                 {"domain": d, "selector": secrets.dkim[d]["selector"],
                  "key_file": f"{DKIM_KEYS_DIR}/{d}/{secrets.dkim[d]['selector']}.private"}
                 for d in domains
@@ -147,12 +165,7 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
         },
         "accounts": {
             "domains": domains,
-            "mailboxes": [
-                {"address": u.address, "domain": u.address.split("@")[1],
-                 "local_part": u.address.split("@")[0],
-                 "password_hash": secrets.accounts[u.address], "quota_bytes": u.quota}
-                for u in sorted(cfg.users, key=lambda u: u.address)
-            ],
+            "mailboxes": sorted(mailboxes, key=lambda m: m["address"]),
             "aliases": [
                 {"source": src, "destination": dest}
                 for src in sorted(cfg.aliases)
@@ -172,7 +185,7 @@ def render_host(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> list[Rend
             continue
         content = env.get_template(name).render(context)
         files.append(RenderedFile(target, content, str(target) in SECRET_FILES))
-    for key in context["dkim"]["keys"]:
+    for key in context["dkim"]["signing_keys"]:
         pem = secrets.dkim[key["domain"]]["private_key"]
         files.append(RenderedFile(PurePosixPath(key["key_file"].lstrip("/")), pem, True))
     return files
@@ -188,7 +201,7 @@ def render_site(site: Site, only_host: str | None = None) -> dict[str, list[Rend
         if not hosts:
             raise ConfigError(f"host {only_host!r} is not in the inventory's mail group")
     missing = [d for d in cfg.domains if d not in site.secrets.dkim]
-    if missing:
+    if missing or not site.secrets.site.get("verify_password_hash"):
         site.secrets.ensure(cfg.domains)
         site.secrets.save()
     return {h.name: render_host(cfg, site.secrets, h) for h in hosts}

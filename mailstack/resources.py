@@ -8,8 +8,9 @@ _PACKAGE = Path(__file__).resolve().parent
 
 
 def resource_dir(name: str) -> Path:
-    """``templates`` or ``roles``: top level in a checkout, ``_data/`` in an installed wheel."""
+    """``templates``, ``roles`` or ``site.yml``: top level in a checkout, ``_data/`` in an
+    installed wheel."""
     checkout = _PACKAGE.parent / name
-    if checkout.is_dir():
+    if checkout.exists():
         return checkout
     return _PACKAGE / "_data" / name

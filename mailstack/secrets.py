@@ -88,6 +88,12 @@ class Secrets:
                     current.setdefault(sub, subvalue)
             else:
                 self.site.setdefault(key, value)
+        # The verification mailbox's hash is stored, not recomputed, so rendering stays
+        # deterministic (Argon2 salts are random).
+        if not self.site.get("verify_password_hash"):
+            from .passwords import hash_password
+
+            self.site["verify_password_hash"] = hash_password(self.site["verify_password"])
         for domain in domains:
             if domain not in self.dkim:
                 self.dkim[domain] = new_dkim_key()

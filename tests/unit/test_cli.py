@@ -14,7 +14,7 @@ COMMANDS = [[], ["init"], ["render"], ["user"], ["user", "add"], ["user", "remov
             ["user", "list"], ["user", "passwd"], ["alias"], ["alias", "add"],
             ["alias", "remove"], ["alias", "list"], ["domain"], ["domain", "add"],
             ["domain", "remove"], ["domain", "list"], ["relay", "set"], ["relay", "clear"],
-            ["sandbox", "up"], ["sandbox", "down"]]
+            ["sandbox", "up"], ["sandbox", "down"], ["deploy"], ["verify"], ["dns"]]
 
 
 def test_version(runner):
