@@ -39,4 +39,6 @@ def sandbox_site_up(directory: Path):  # -> tuple[SandboxInfo, bool]
         )
     write_atomic(inventory_file(directory), inventory_document(
         info.hostname, info.ip, info.ssh_user, 22, str(info.ssh_key)))
+    # A re-created sandbox has new SSH host keys: forget the old ones.
+    (directory / "known_hosts").unlink(missing_ok=True)
     return info, False

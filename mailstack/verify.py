@@ -177,7 +177,9 @@ class Prober:
             return False, "login succeeded with a wrong password"
 
     def _rcpt(self, s: smtplib.SMTP, sender: str, rcpt: str) -> tuple[int, str]:
-        code, msg = s.mail(sender)
+        """MAIL + RCPT, then RSET. Probes use the null sender: no sender-domain DNS check
+        can then answer 4xx first and mask the verdict on the recipient."""
+        code, msg = s.docmd("MAIL", f"FROM:<{sender}>")
         if code >= 400:
             s.rset()
             return code, f"MAIL FROM refused: {msg.decode(errors='replace')}"
@@ -187,13 +189,13 @@ class Prober:
 
     def _relay_refused(self, rcpt: str) -> tuple[bool, str]:
         with self.smtp(25) as s:
-            code, msg = self._rcpt(s, "probe@example.net", rcpt)
+            code, msg = self._rcpt(s, "", rcpt)
             return 500 <= code < 600, f"{code} {msg}"
 
     def _unknown_recipient(self) -> tuple[bool, str]:
         rcpt = f"no-such-user-{uuid.uuid4().hex[:8]}@{self.cfg.primary_domain}"
         with self.smtp(25) as s:
-            code, msg = self._rcpt(s, "probe@example.net", rcpt)
+            code, msg = self._rcpt(s, "", rcpt)
             return 500 <= code < 600, f"{code} {msg}"
 
     def _spoofed_sender(self) -> tuple[bool, str]:

@@ -1,0 +1,209 @@
+"""Config check: render a full site and let the real daemons judge it, inside a test-bed host.
+
+Every template must pass the daemon's own checker (postconf/postfix check, doveconf,
+opendkim -n); the SQL templates are loaded into MariaDB and the Postfix maps and Dovecot's
+SQL auth are queried for real. A template the daemons reject fails CI.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mailstack import testbed
+from mailstack.cli import app
+
+pytestmark = pytest.mark.testbed
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory) -> Path:
+    """A site with two domains, users, aliases (one fan-out, one external) and a relay."""
+    root = tmp_path_factory.mktemp("cfg")
+    site = root / "site"
+    run = CliRunner().invoke
+    steps = [
+        ["init", str(site), "--domain", "example.org", "--hostname", "mail.example.org",
+         "--host", "203.0.113.7"],
+        ["--site", str(site), "domain", "add", "example.net"],
+        ["--site", str(site), "user", "add", "alice@example.org", "--password-stdin"],
+        ["--site", str(site), "user", "add", "bob@example.net", "--password-stdin"],
+        ["--site", str(site), "alias", "add", "postmaster@example.org", "alice@example.org"],
+        ["--site", str(site), "alias", "add", "team@example.net", "alice@example.org",
+         "bob@example.net", "friend@elsewhere.test"],
+        ["--site", str(site), "relay", "set", "[smtp.relay.test]:587", "relayuser",
+         "--password-stdin"],
+        ["--site", str(site), "render", "--out", str(root / "build")],
+    ]
+    for args in steps:
+        result = run(app, args, input=PASSWORD + "\n")
+        assert result.exit_code == 0, (args, result.output)
+    return root / "build" / "mail.example.org"
+
+
+@pytest.fixture(scope="module")
+def host(rendered: Path):
+    testbed.ensure_engine()
+    name = f"mailstack-cfg-{uuid.uuid4().hex[:8]}"
+    testbed.start_host(name, testbed.stack_image(), hostname="mail.example.org")
+    try:
+        sh = lambda script: testbed.exec_in(name, ["sh", "-ec", script])  # noqa: E731
+        sh("mkdir -p /etc/mailstack/tls && openssl req -x509 -newkey rsa:2048 -nodes -days 2 "
+           "-subj /CN=mail.example.org -keyout /etc/mailstack/tls/privkey.pem "
+           "-out /etc/mailstack/tls/fullchain.pem 2>/dev/null")
+        subprocess.run(["docker", "cp", f"{rendered}/.", f"{name}:/"], check=True)
+        sh("chown -R opendkim:opendkim /etc/opendkim/keys && chmod 0600 "
+           "/etc/opendkim/keys/*/*.private && postmap /etc/postfix/sasl_passwd")
+        yield name
+    finally:
+        testbed.remove_host(name)
+
+
+def run(host: str, *cmd: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    return testbed.exec_in(host, list(cmd), input=input, check=False)
+
+
+def assert_clean(proc: subprocess.CompletedProcess[str]) -> None:
+    assert proc.returncode == 0, proc.stderr or proc.stdout
+    # Diagnostics look like "postconf: warning: …" / "doveconf: Error: …" on either stream.
+    diagnostic = re.compile(r"^\S+: (warning|error|fatal)\b", re.IGNORECASE)
+    bad = [line for line in (proc.stdout + proc.stderr).splitlines() if diagnostic.match(line)]
+    assert not bad, bad
+
+
+def test_postfix_accepts_main_cf_and_master_cf(host):
+    assert_clean(run(host, "postconf", "-n"))
+    assert_clean(run(host, "postconf", "-M"))
+    assert_clean(run(host, "postfix", "check"))
+
+
+@pytest.mark.parametrize(("param", "expected"), [
+    ("myhostname", "mail.example.org"),
+    ("mydestination", "localhost"),
+    ("disable_vrfy_command", "yes"),
+    ("smtpd_tls_auth_only", "yes"),
+    ("allow_percent_hack", "no"),
+    ("swap_bangpath", "no"),
+    ("delay_warning_time", "4h"),
+    ("maximal_queue_lifetime", "5d"),
+    ("bounce_queue_lifetime", "5d"),
+    ("milter_default_action", "tempfail"),
+    ("relayhost", "[smtp.relay.test]:587"),
+])
+def test_postfix_effective_values(host, param, expected):
+    proc = run(host, "postconf", "-h", param)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == expected
+
+
+def test_postfix_relay_restrictions_refuse_unauthenticated_relay(host):
+    relay = run(host, "postconf", "-h", "smtpd_relay_restrictions").stdout
+    assert "reject_unauth_destination" in relay
+    master = run(host, "postconf", "-M").stdout
+    for service in ("submission/inet", "submissions/inet"):
+        line = next(line for line in master.splitlines() if line.startswith(service.split("/")[0]
+                                                                                + " "))
+        assert line, service
+    params = run(host, "postconf", "-P").stdout
+    assert "submission/inet/smtpd_tls_security_level = encrypt" in params
+    assert "submissions/inet/smtpd_tls_wrappermode = yes" in params
+    assert "submission/inet/smtpd_sasl_auth_enable = yes" in params
+
+
+def test_postfix_checker_catches_a_bad_parameter(host):
+    """The check above can fail: an unknown parameter is reported."""
+    proc = run(host, "sh", "-c", "cp -a /etc/postfix /tmp/pf && "
+                                 "echo 'smtpd_tls_security_levle = may' >> /tmp/pf/main.cf && "
+                                 "postconf -c /tmp/pf -n >/dev/null")
+    assert "unused parameter: smtpd_tls_security_levle" in proc.stderr
+
+
+def test_dovecot_accepts_its_config(host):
+    proc = run(host, "doveconf", "-n")
+    assert_clean(proc)
+    assert "ssl = required" in proc.stdout
+    assert run(host, "doveconf", "-h", "disable_plaintext_auth").stdout.strip() == "yes"
+    assert run(host, "doveconf", "-h", "ssl_min_protocol").stdout.strip() == "TLSv1.2"
+
+
+def test_opendkim_accepts_its_config(host):
+    assert_clean(run(host, "opendkim", "-n", "-x", "/etc/opendkim.conf"))
+
+
+def postfix_password(host: str) -> str:
+    cf = run(host, "cat", "/etc/postfix/mysql/virtual_domains.cf").stdout
+    return next(line.split("=", 1)[1].strip() for line in cf.splitlines()
+                if line.startswith("password"))
+
+
+def load_sql(host: str) -> None:
+    for name in ("schema.sql", "db-users.sql", "accounts.sql"):
+        proc = run(host, "sh", "-c", f"mysql < /etc/mailstack/{name}")
+        assert proc.returncode == 0, (name, proc.stderr)
+
+
+def postmap(host: str, key: str, table: str) -> str:
+    proc = run(host, "postmap", "-q", key, f"mysql:/etc/postfix/mysql/{table}.cf")
+    assert proc.returncode in (0, 1), proc.stderr
+    assert "warning" not in proc.stderr, proc.stderr
+    return proc.stdout.strip()
+
+
+def test_sql_schema_users_and_lookups(host):
+    run(host, "systemctl", "restart", "mariadb")
+    load_sql(host)
+    load_sql(host)  # idempotent: a second load changes nothing and does not fail
+    assert postmap(host, "example.org", "virtual_domains")
+    assert postmap(host, "example.net", "virtual_domains")
+    assert postmap(host, "elsewhere.test", "virtual_domains") == ""
+    assert postmap(host, "alice@example.org", "virtual_mailboxes")
+    assert postmap(host, "ghost@example.org", "virtual_mailboxes") == ""
+    assert postmap(host, "postmaster@example.org", "virtual_aliases") == "alice@example.org"
+    team = set(postmap(host, "team@example.net", "virtual_aliases").split(","))
+    assert team == {"alice@example.org", "bob@example.net", "friend@elsewhere.test"}
+    # Sender ownership: alice owns her address and the aliases that deliver to her.
+    assert "alice@example.org" in postmap(host, "alice@example.org", "sender_login")
+    assert "alice@example.org" in postmap(host, "postmaster@example.org", "sender_login")
+    assert "alice@example.org" not in postmap(host, "bob@example.net", "sender_login")
+
+
+def test_lookup_users_can_only_select(host):
+    load_sql(host)
+    grants = run(host, "mysql", "-N", "-e", "SHOW GRANTS FOR 'mailstack_postfix'@'127.0.0.1'")
+    assert grants.returncode == 0, grants.stderr
+    lines = grants.stdout.upper().splitlines()
+    selects = [g for g in lines if g.startswith("GRANT SELECT ")]
+    assert selects, lines
+    for grant in lines:
+        # USAGE (= connect only) or SELECT on mailstack tables, possibly column-restricted.
+        assert re.match(r"^GRANT (USAGE ON \*\.\*|SELECT (\([`A-Z_, ]+\) )?ON `MAILSTACK`\.)",
+                        grant), grant
+    # Postfix never needs the password hashes.
+    assert not any("PASSWORD_HASH" in g or "`MAILBOXES` " in g.split(" TO ")[0].split("ON")[0]
+                   for g in selects)
+    denied = run(host, "mysql", "-h", "127.0.0.1", "-u", "mailstack_postfix",
+                 f"-p{postfix_password(host)}", "-e",
+                 "SELECT password_hash FROM mailstack.mailboxes")
+    assert denied.returncode != 0 and "denied" in denied.stderr
+    anon = run(host, "mysql", "-N", "-e", "SELECT COUNT(*) FROM mysql.user WHERE user=''")
+    assert anon.stdout.strip() == "0"
+
+
+def test_dovecot_sql_auth_accepts_the_argon2id_hash(host):
+    load_sql(host)
+    run(host, "sh", "-c", "getent group vmail || groupadd -g 5000 vmail; getent passwd vmail "
+                          "|| useradd -u 5000 -g vmail -d /var/mail/vhosts -s /usr/sbin/nologin "
+                          "vmail; mkdir -p /var/mail/vhosts && chown vmail:vmail /var/mail/vhosts")
+    restart = run(host, "systemctl", "restart", "dovecot")
+    assert restart.returncode == 0, run(host, "journalctl", "-u", "dovecot", "-n", "20").stdout
+    good = run(host, "doveadm", "auth", "test", "alice@example.org", PASSWORD)
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert "auth succeeded" in good.stdout
+    bad = run(host, "doveadm", "auth", "test", "alice@example.org", PASSWORD + "x")
+    assert bad.returncode != 0 and "auth failed" in bad.stdout
