@@ -1,0 +1,158 @@
+"""The user's path, for real: `mailstack sandbox up` (a fresh Debian host reached over SSH)
+→ `user add` → `deploy` → `verify` → a second `deploy` changes nothing → `sandbox down`.
+Plus the failure modes a user meets: unreachable host, SSH auth failure, wrong vault password.
+
+Runs the real CLI as a subprocess, exactly as a user would.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import json
+import os
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mailstack import sandbox
+
+pytestmark = pytest.mark.testbed
+PASSWORD = "correct horse battery staple"
+
+
+def mailstack(site: Path | None, *args: str, input: str | None = None,
+              timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "mailstack", *(["--site", str(site)] if site else []), *args]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+    return subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout,
+                          env=env, check=False)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    if sandbox.sandbox_status() is not None:
+        pytest.skip("a mailstack-sandbox container already exists; not touching it")
+    root = tmp_path_factory.mktemp("e2e") / "site"
+    try:
+        up = mailstack(None, "sandbox", "up", str(root))
+        assert up.returncode == 0, up.stdout + up.stderr
+        yield root
+    finally:
+        mailstack(None, "sandbox", "down")
+
+
+@pytest.fixture(scope="module")
+def deployed(site):
+    assert mailstack(site, "user", "add", "alice@sandbox.test", "--password-stdin",
+                     input=PASSWORD + "\n").returncode == 0
+    assert mailstack(site, "alias", "add", "postmaster@sandbox.test",
+                     "alice@sandbox.test").returncode == 0
+    started = time.monotonic()
+    result = mailstack(site, "deploy")
+    print(f"cold deploy: {time.monotonic() - started:.1f} s")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "change(s) made" in result.stdout
+    return site
+
+
+def test_verify_passes_every_check(deployed):
+    result = mailstack(deployed, "verify", "--json")
+    checks = json.loads(result.stdout)
+    failed = [c for c in checks if not c["passed"]]
+    assert not failed, json.dumps(failed, indent=2)
+    names = {c["name"] for c in checks}
+    for expected in ("STARTTLS offered on 25", "AUTH not offered on 587 before TLS",
+                     "relay to an outside domain refused", "relay via %-hack refused",
+                     "unknown recipient refused at RCPT",
+                     "sender not owned by the user refused",
+                     "message from 587 DKIM-signed and valid",
+                     "message from 465 DKIM-signed and valid"):
+        assert expected in names
+    assert result.returncode == 0
+
+
+def test_second_deploy_changes_nothing(deployed):
+    result = mailstack(deployed, "deploy")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no changes: the hosts already match the site" in result.stdout
+    assert "changed=0" in result.stdout
+
+
+def test_check_mode_reports_no_changes(deployed):
+    result = mailstack(deployed, "deploy", "--check")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no changes needed" in result.stdout
+
+
+def test_new_user_is_usable_after_a_fast_accounts_deploy(deployed):
+    assert mailstack(deployed, "user", "add", "bob@sandbox.test", "--password-stdin",
+                     input=PASSWORD + "\n").returncode == 0
+    started = time.monotonic()
+    result = mailstack(deployed, "deploy", "--tags", "accounts")
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stdout + result.stderr
+    print(f"deploy --tags accounts: {elapsed:.1f} s")
+    ip = sandbox.sandbox_status().ip
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    imap = imaplib.IMAP4_SSL(ip, 993, ssl_context=ctx, timeout=10)
+    try:
+        assert imap.login("bob@sandbox.test", PASSWORD)[0] == "OK"
+    finally:
+        imap.logout()
+    # Removing the user takes the login away again.
+    assert mailstack(deployed, "user", "remove", "bob@sandbox.test").returncode == 0
+    assert mailstack(deployed, "deploy", "--tags", "accounts").returncode == 0
+    imap = imaplib.IMAP4_SSL(ip, 993, ssl_context=ctx, timeout=10)
+    try:
+        with pytest.raises(imaplib.IMAP4.error):
+            imap.login("bob@sandbox.test", PASSWORD)
+    finally:
+        imap.logout()
+
+
+def _with_inventory(site: Path, old: str, new: str):
+    path = site / "inventories/production/hosts.yml"
+    original = path.read_text()
+    assert old in original
+    path.write_text(original.replace(old, new))
+    return path, original
+
+
+def test_unreachable_host_is_named(deployed):
+    path, original = _with_inventory(deployed, "ansible_port: 22", "ansible_port: 2")
+    try:
+        result = mailstack(deployed, "deploy", timeout=120)
+    finally:
+        path.write_text(original)
+    assert result.returncode == 1
+    assert "mail.sandbox.test" in result.stderr
+    assert "cannot reach root@" in result.stderr and ":2 over SSH" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_ssh_auth_failure_is_named(deployed, tmp_path):
+    other_key = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other_key)],
+                   check=True)
+    key = str(sandbox.sandbox_status().ssh_key)
+    path, original = _with_inventory(deployed, key, str(other_key))
+    try:
+        result = mailstack(deployed, "deploy", timeout=120)
+    finally:
+        path.write_text(original)
+    assert result.returncode == 1
+    assert "SSH authentication failed for root@" in result.stderr
+    assert "ansible_ssh_private_key_file" in result.stderr
+
+
+def test_wrong_vault_password_stops_before_touching_the_host(deployed, tmp_path):
+    wrong = tmp_path / "wrong"
+    wrong.write_text("nope\n")
+    result = mailstack(deployed, "--vault-password-file", str(wrong), "deploy")
+    assert result.returncode == 1
+    assert "cannot decrypt" in result.stderr and "wrong password" in result.stderr

@@ -1,0 +1,46 @@
+-- Managed by mailstack: edit mailstack.yml and run `mailstack deploy`; local changes are overwritten.
+--
+-- Database accounts with least privilege. Run as root over the unix socket,
+-- after schema.sql (the grants name its tables). Idempotent: creates missing
+-- accounts, resets their passwords and grants to exactly what is below.
+
+-- What mysql_secure_installation does: no anonymous accounts, no root login
+-- from other hosts, no test database.
+DELETE FROM mysql.global_priv WHERE User = '';
+DELETE FROM mysql.global_priv WHERE User = 'root' AND Host NOT IN ('localhost', '127.0.0.1', '::1');
+DELETE FROM mysql.db WHERE Db = 'test' OR Db = 'test\\_%';
+DROP DATABASE IF EXISTS test;
+FLUSH PRIVILEGES;
+
+-- Each account exists for TCP clients ('127.0.0.1', what the daemons use) and
+-- for unix-socket clients ('localhost').
+
+-- Postfix: reads domains, aliases and whether a mailbox exists, never a
+-- password hash.
+CREATE USER IF NOT EXISTS 'mailstack_postfix'@'127.0.0.1' IDENTIFIED BY 'FAKE-postfix-pw';
+ALTER USER 'mailstack_postfix'@'127.0.0.1' IDENTIFIED BY 'FAKE-postfix-pw';
+REVOKE ALL PRIVILEGES, GRANT OPTION FROM 'mailstack_postfix'@'127.0.0.1';
+GRANT SELECT ON `mailstack`.domains TO 'mailstack_postfix'@'127.0.0.1';
+GRANT SELECT ON `mailstack`.aliases TO 'mailstack_postfix'@'127.0.0.1';
+GRANT SELECT (address, domain, local_part, enabled) ON `mailstack`.mailboxes TO 'mailstack_postfix'@'127.0.0.1';
+
+-- Dovecot: reads mailboxes (password hash, quota).
+CREATE USER IF NOT EXISTS 'mailstack_dovecot'@'127.0.0.1' IDENTIFIED BY 'FAKE-dovecot-pw';
+ALTER USER 'mailstack_dovecot'@'127.0.0.1' IDENTIFIED BY 'FAKE-dovecot-pw';
+REVOKE ALL PRIVILEGES, GRANT OPTION FROM 'mailstack_dovecot'@'127.0.0.1';
+GRANT SELECT ON `mailstack`.mailboxes TO 'mailstack_dovecot'@'127.0.0.1';
+
+-- Postfix: reads domains, aliases and whether a mailbox exists, never a
+-- password hash.
+CREATE USER IF NOT EXISTS 'mailstack_postfix'@'localhost' IDENTIFIED BY 'FAKE-postfix-pw';
+ALTER USER 'mailstack_postfix'@'localhost' IDENTIFIED BY 'FAKE-postfix-pw';
+REVOKE ALL PRIVILEGES, GRANT OPTION FROM 'mailstack_postfix'@'localhost';
+GRANT SELECT ON `mailstack`.domains TO 'mailstack_postfix'@'localhost';
+GRANT SELECT ON `mailstack`.aliases TO 'mailstack_postfix'@'localhost';
+GRANT SELECT (address, domain, local_part, enabled) ON `mailstack`.mailboxes TO 'mailstack_postfix'@'localhost';
+
+-- Dovecot: reads mailboxes (password hash, quota).
+CREATE USER IF NOT EXISTS 'mailstack_dovecot'@'localhost' IDENTIFIED BY 'FAKE-dovecot-pw';
+ALTER USER 'mailstack_dovecot'@'localhost' IDENTIFIED BY 'FAKE-dovecot-pw';
+REVOKE ALL PRIVILEGES, GRANT OPTION FROM 'mailstack_dovecot'@'localhost';
+GRANT SELECT ON `mailstack`.mailboxes TO 'mailstack_dovecot'@'localhost';

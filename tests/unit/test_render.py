@@ -1,0 +1,132 @@
+"""Rendering: golden files, determinism, secret-file modes, and the render-time checks.
+
+Golden files are rendered from fixed, fake secrets (no real secret lives in the repo).
+Regenerate after an intended template change with: UPDATE_GOLDEN=1 pytest tests/unit/test_render.py
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from conftest import PASSWORD
+
+from mailstack.config import SiteConfig
+from mailstack.errors import ConfigError
+from mailstack.inventory import InventoryHost
+from mailstack.render import render_host, write_tree
+from mailstack.secrets import Secrets
+
+GOLDEN = Path(__file__).parent.parent / "golden"
+HOST = InventoryHost("mail.example.org", "203.0.113.7", "root", 22, None)
+CONFIG = SiteConfig.model_validate({
+    "hostname": "mail.example.org",
+    "admin_email": "postmaster@example.org",
+    "domains": ["example.org", "example.net"],
+    "users": [{"address": "alice@example.org"}, {"address": "bob@example.net", "quota": "2G"}],
+    "aliases": {"postmaster@example.org": "alice@example.org",
+                "team@example.net": ["alice@example.org", "bob@example.net",
+                                     "friend@elsewhere.test"]},
+    "options": {"relay": {"host": "[smtp.relay.test]:587", "username": "relayuser"}},
+})
+
+
+def fake_secrets() -> Secrets:
+    return Secrets(
+        vault=None, root=Path("/nonexistent"),  # type: ignore[arg-type]
+        site={"mariadb": {"postfix_password": "FAKE-postfix-pw",
+                          "dovecot_password": "FAKE-dovecot-pw"},
+              "storage_passphrase": "FAKE-passphrase", "verify_password": "FAKE-verify",
+              "verify_password_hash": "{ARGON2ID}$argon2id$v=19$m=65536,t=3,p=1$FAKE$verify",
+              "relay_password": "FAKE-relay-pw"},
+        dkim={d: {"selector": "s2026", "private_key": f"-----FAKE KEY FOR {d}-----\n"}
+              for d in ("example.org", "example.net")},
+        accounts={"alice@example.org": "{ARGON2ID}$argon2id$v=19$m=65536,t=3,p=1$FAKE$alice",
+                  "bob@example.net": "{ARGON2ID}$argon2id$v=19$m=65536,t=3,p=1$FAKE$bob"},
+    )
+
+
+def test_rendered_files_match_the_golden_files():
+    files = render_host(CONFIG, fake_secrets(), HOST)
+    target = GOLDEN / HOST.name
+    if os.environ.get("UPDATE_GOLDEN"):
+        write_tree(files, target)
+    expected = {str(p.relative_to(target)) for p in target.rglob("*") if p.is_file()}
+    assert {str(f.path) for f in files} == expected
+    for f in files:
+        assert (target / f.path).read_text() == f.content, f"{f.path} differs from golden"
+
+
+def test_rendering_is_deterministic():
+    a = render_host(CONFIG, fake_secrets(), HOST)
+    b = render_host(CONFIG, fake_secrets(), HOST)
+    assert [(f.path, f.content) for f in a] == [(f.path, f.content) for f in b]
+
+
+def test_every_file_starts_with_the_managed_header():
+    for f in render_host(CONFIG, fake_secrets(), HOST):
+        if f.path.suffix == ".private":
+            continue
+        assert "Managed by mailstack" in "\n".join(f.content.splitlines()[:3]), f.path
+
+
+def test_secrets_land_only_in_0600_files(tmp_path):
+    files = render_host(CONFIG, fake_secrets(), HOST)
+    write_tree(files, tmp_path / "out")
+    secret_values = ("FAKE-postfix-pw", "FAKE-dovecot-pw", "FAKE-relay-pw", "FAKE$alice",
+                     "FAKE KEY FOR")
+    for f in files:
+        on_disk = tmp_path / "out" / f.path
+        mode = stat.S_IMODE(on_disk.stat().st_mode)
+        holds_secret = any(v in f.content for v in secret_values)
+        if holds_secret:
+            assert mode == 0o600, f.path
+        assert mode == (0o600 if f.secret else 0o644), f.path
+        assert f.secret == holds_secret, f"{f.path}: secret flag {f.secret}"
+    assert "FAKE-passphrase" not in "".join(f.content for f in files)  # unlock-time only
+
+
+def test_relay_password_file_only_with_a_relay():
+    cfg = CONFIG.model_copy(update={"options": CONFIG.options.model_copy(update={"relay": None})})
+    paths = {str(f.path) for f in render_host(cfg, fake_secrets(), HOST)}
+    assert "etc/postfix/sasl_passwd" not in paths
+    main_cf = next(f for f in render_host(cfg, fake_secrets(), HOST)
+                   if str(f.path) == "etc/postfix/main.cf").content
+    assert "\nrelayhost =\n" in main_cf  # direct delivery
+    assert "smtp_sasl_password_maps" not in main_cf
+    with_relay = next(f for f in render_host(CONFIG, fake_secrets(), HOST)
+                      if str(f.path) == "etc/postfix/main.cf").content
+    assert "\nrelayhost = [smtp.relay.test]:587\n" in with_relay
+
+
+def test_relay_without_password_is_a_clear_error():
+    secrets = fake_secrets()
+    secrets.site["relay_password"] = None
+    with pytest.raises(ConfigError, match="mailstack relay set"):
+        render_host(CONFIG, secrets, HOST)
+
+
+def test_user_without_hash_is_a_clear_error():
+    secrets = fake_secrets()
+    del secrets.accounts["bob@example.net"]
+    with pytest.raises(ConfigError) as info:
+        render_host(CONFIG, secrets, HOST)
+    assert "mailstack user passwd bob@example.net" in str(info.value)
+
+
+def test_render_command_writes_per_host_tree(cli, tmp_path):
+    cli("user", "add", "alice@example.org", "--password-stdin", input=PASSWORD + "\n")
+    result = cli("render", "--out", str(tmp_path / "b"))
+    assert result.exit_code == 0, result.output
+    host = tmp_path / "b" / "mail.example.org"
+    assert (host / "etc/postfix/main.cf").is_file()
+    assert stat.S_IMODE((host / "etc/mailstack/accounts.sql").stat().st_mode) == 0o600
+    first = {p: p.read_bytes() for p in host.rglob("*") if p.is_file()}
+    (host / "stale-file").write_text("left over")
+    assert cli("render", "--out", str(tmp_path / "b")).exit_code == 0
+    second = {p: p.read_bytes() for p in host.rglob("*") if p.is_file()}
+    assert second == first  # same bytes, and the stale file is gone
+    result = cli("render", "--host", "other.example.org")
+    assert result.exit_code == 2 and "not in the inventory" in result.output
