@@ -224,7 +224,10 @@ def run_playbook(
             private_data_dir=private,
             playbook=str(playbook),
             inventory=str(inventory_file(site.root, site.inventory).resolve()),
-            extravars={"mailstack_build_dir": str(build_dir.resolve())},
+            # The storage passphrase only ever sits in runner's private 0700 directory on the
+            # controller; roles pipe it to gocryptfs on stdin (no_log).
+            extravars={"mailstack_build_dir": str(build_dir.resolve()),
+                       "storage__passphrase": site.secrets.site.get("storage_passphrase", "")},
             envvars=env,
             limit=limit,
             tags=tags,

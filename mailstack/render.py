@@ -84,6 +84,13 @@ def environment() -> jinja2.Environment:
     return env
 
 
+def systemd_mount_unit(path: str) -> str:
+    """`systemd-escape --path --suffix=mount` for the plain paths mailstack uses."""
+    escaped = "".join(c if c.isalnum() or c in "/_." else f"\\x{ord(c):02x}"
+                      for c in path.strip("/"))
+    return escaped.replace("/", "-") + ".mount"
+
+
 def verify_address(cfg: SiteConfig) -> str:
     return f"{VERIFY_LOCAL_PART}@{cfg.primary_domain}"
 
@@ -162,6 +169,12 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
                 for d in domains
             ],
             "trusted_hosts": ["127.0.0.1", "::1", "localhost"],
+        },
+        "storage": {
+            "encryption": cfg.options.storage.encryption,
+            "root": VMAIL["root"],
+            "cipher_dir": VMAIL["root"] + ".crypt",
+            "mount_unit": systemd_mount_unit(VMAIL["root"]),
         },
         "accounts": {
             "domains": domains,

@@ -103,7 +103,6 @@ class Prober:
         self.attempt("AUTH not offered on 587 before TLS", self._no_auth_before_tls)
         self.attempt("AUTH before TLS refused on 587", self._auth_before_tls_refused)
         self.attempt("AUTH not offered on 25", self._no_auth_on_25)
-        self.attempt("wrong password refused", self._wrong_password)
         for label, rcpt in (
             ("relay to an outside domain refused", "someone@example.com"),
             ("relay via %-hack refused", f"someone%example.com@{self.cfg.primary_domain}"),
@@ -115,6 +114,8 @@ class Prober:
         self.attempt("unknown recipient refused at RCPT", self._unknown_recipient)
         self.attempt("sender not owned by the user refused", self._spoofed_sender)
         self._round_trip()
+        # Last: a failed login makes Dovecot delay this client's next logins (auth penalty).
+        self.attempt("wrong password refused", self._wrong_password)
         return self.results
 
     def _banner(self, port: int) -> tuple[bool, str]:
@@ -183,7 +184,7 @@ class Prober:
         if code >= 400:
             s.rset()
             return code, f"MAIL FROM refused: {msg.decode(errors='replace')}"
-        code, msg = s.rcpt(rcpt)
+        code, msg = s.docmd("RCPT", f"TO:<{rcpt}>")  # raw: smtplib would unquote "a@b"@c
         s.rset()  # never DATA: nothing is ever queued
         return code, msg.decode(errors="replace")
 

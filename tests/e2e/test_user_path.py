@@ -156,3 +156,93 @@ def test_wrong_vault_password_stops_before_touching_the_host(deployed, tmp_path)
     result = mailstack(deployed, "--vault-password-file", str(wrong), "deploy")
     assert result.returncode == 1
     assert "cannot decrypt" in result.stderr and "wrong password" in result.stderr
+
+
+# --- encrypted storage: locked on boot, unlocked over SSH, no mail lost --------------------
+
+
+def _imap_subjects(ip: str, user: str) -> list[str]:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    imap = imaplib.IMAP4_SSL(ip, 993, ssl_context=ctx, timeout=10)
+    try:
+        imap.login(user, PASSWORD)
+        imap.select("INBOX")
+        _, data = imap.search(None, "ALL")
+        subjects = []
+        for num in data[0].split():
+            _, fetched = imap.fetch(num, "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+            subjects.append(fetched[0][1].decode().strip().removeprefix("Subject: "))
+        return subjects
+    finally:
+        imap.logout()
+
+
+def _send(ip: str, subjects: list[str]) -> None:
+    import smtplib
+
+    with smtplib.SMTP(ip, 25, timeout=20, local_hostname="client.test") as smtp:
+        for subject in subjects:
+            smtp.sendmail("", ["alice@sandbox.test"],
+                          f"Subject: {subject}\r\n\r\nbody of {subject}\r\n")
+
+
+def _restart_host(site: Path) -> str:
+    subprocess.run(["docker", "restart", sandbox.CONTAINER], check=True, capture_output=True)
+    up = mailstack(None, "sandbox", "up", str(site))  # re-points the inventory if the IP moved
+    assert up.returncode == 0, up.stderr
+    return sandbox.sandbox_status().ip
+
+
+def test_store_is_encrypted_on_disk(deployed):
+    token = f"cleartext-probe-{os.getpid()}-{time.time_ns()}"
+    ip = sandbox.sandbox_status().ip
+    _send(ip, [token])
+    for _ in range(40):
+        if token in _imap_subjects(ip, "alice@sandbox.test"):
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail("probe message never arrived")
+    through_mount = subprocess.run(
+        ["docker", "exec", sandbox.CONTAINER, "grep", "-rl", token, "/var/mail/vhosts"],
+        capture_output=True, text=True, check=False)
+    raw = subprocess.run(
+        ["docker", "exec", sandbox.CONTAINER, "grep", "-rl", token, "/var/mail/vhosts.crypt"],
+        capture_output=True, text=True, check=False)
+    assert through_mount.stdout.strip(), "the token must be readable through the mount"
+    assert raw.returncode == 1 and raw.stdout == "", f"clear text on disk: {raw.stdout}"
+
+
+def test_reboot_locks_the_store_and_unlock_delivers_every_message_once(deployed):
+    ip = _restart_host(deployed)
+    status = mailstack(deployed, "status")
+    assert status.returncode == 0, status.stderr
+    assert "LOCKED" in status.stdout and "dovecot inactive" in status.stdout
+    subjects = [f"sent-while-locked-{i}-{time.time_ns()}" for i in range(5)]
+    _send(ip, subjects)  # accepted (250) and queued: nothing bounced
+    queued = mailstack(deployed, "status")
+    assert "queue 5" in queued.stdout, queued.stdout
+    # The locked mountpoint is empty and closed: it can never pass for a mailbox.
+    listing = subprocess.run(["docker", "exec", sandbox.CONTAINER, "ls", "-A",
+                              "/var/mail/vhosts"], capture_output=True, text=True, check=False)
+    assert listing.stdout == ""
+
+    # A deploy while locked stops with a clear message and changes nothing.
+    refused = mailstack(deployed, "deploy", timeout=300)
+    assert refused.returncode == 1
+    assert "is locked" in refused.stderr and "mailstack unlock" in refused.stderr
+
+    wrong = mailstack(deployed, "unlock", "--passphrase-stdin", input="not the passphrase\n")
+    assert wrong.returncode == 1
+    assert "wrong passphrase; the store stays locked" in wrong.stderr
+    assert "LOCKED" in mailstack(deployed, "status").stdout
+
+    unlocked = mailstack(deployed, "unlock")
+    assert unlocked.returncode == 0, unlocked.stderr
+    assert "delivered 5 queued message(s)" in unlocked.stdout
+    inbox = _imap_subjects(ip, "alice@sandbox.test")
+    for subject in subjects:
+        assert inbox.count(subject) == 1, (subject, inbox)
+    after = mailstack(deployed, "status").stdout
+    assert "unlocked; queue 0" in after and "dovecot active" in after

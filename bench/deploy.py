@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""Deploy benchmark: cold deploy, idempotent re-run, and the floor, on identical fresh hosts.
+
+Each host is a fresh container from the test-bed base image (a bare Debian 12, like a new
+VPS), reached over SSH. The floor is what no deploy can beat: one `apt-get update` plus one
+`apt-get install` of the same packages the roles install. Prints the numbers and the ratio.
+
+    .venv/bin/python bench/deploy.py [--runs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from mailstack import sandbox, testbed  # noqa: E402
+
+
+def role_packages() -> list[str]:
+    """Every package list the roles declare (`<role>__packages` style defaults)."""
+    packages: list[str] = []
+    for defaults in sorted((REPO / "roles").glob("*/defaults/main.yml")):
+        data = yaml.safe_load(defaults.read_text()) or {}
+        for key, value in data.items():
+            if key.endswith("packages") and isinstance(value, list):
+                packages += [p for p in value if isinstance(p, str) and "{{" not in p]
+            elif key.endswith("packages_by_method") and isinstance(value, dict):
+                packages += value.get("gocryptfs", [])  # the default storage method
+    return sorted(set(packages))
+
+
+def fresh_host(tag: str, key: Path) -> testbed.Host:
+    name = f"mailstack-bench-{tag}-{uuid.uuid4().hex[:6]}"
+    return testbed.start_host(name, testbed.base_image(), hostname="mail.bench.test",
+                              ssh_pubkey=key.with_suffix(".pub").read_text())
+
+
+def floor(key: Path, packages: list[str]) -> float:
+    host = fresh_host("floor", key)
+    try:
+        started = time.monotonic()
+        testbed.exec_in(host.name, ["sh", "-ec",
+                                    "echo 'postfix postfix/main_mailer_type select No configuration'"
+                                    " | debconf-set-selections; apt-get update -q >/dev/null; "
+                                    "DEBIAN_FRONTEND=noninteractive apt-get install -y -q "
+                                    + " ".join(packages) + " >/dev/null"])
+        return time.monotonic() - started
+    finally:
+        testbed.remove_host(host.name)
+
+
+def mailstack(site: Path, *args: str, input: str | None = None) -> float:
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "mailstack", "--site", str(site), *args],
+                          input=input, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"mailstack {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return time.monotonic() - started
+
+
+def deploy_times(key: Path, workdir: Path) -> tuple[float, float]:
+    host = fresh_host("deploy", key)
+    try:
+        site = workdir / host.name
+        init = subprocess.run([sys.executable, "-m", "mailstack", "init", str(site), "--domain",
+                               "bench.test", "--hostname", "mail.bench.test", "--host", host.ip,
+                               "--ssh-key", str(key)], capture_output=True, text=True, check=False)
+        if init.returncode != 0:
+            raise SystemExit(init.stderr)
+        mailstack(site, "user", "add", "alice@bench.test", "--password-stdin",
+                  input="correct horse battery staple\n")
+        cold = mailstack(site, "deploy")
+        rerun = mailstack(site, "deploy")
+        return cold, rerun
+    finally:
+        testbed.remove_host(host.name)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=1, help="repetitions (median is printed)")
+    args = parser.parse_args()
+    testbed.ensure_engine()
+    testbed.base_image()
+    key = sandbox.ensure_keypair(sandbox.default_state_dir())
+    packages = role_packages()
+    floors, colds, reruns = [], [], []
+    with tempfile.TemporaryDirectory(prefix="mailstack-bench-") as tmp:
+        for i in range(args.runs):
+            floors.append(floor(key, packages))
+            cold, rerun = deploy_times(key, Path(tmp))
+            colds.append(cold)
+            reruns.append(rerun)
+            print(f"run {i + 1}: floor {floors[-1]:.1f} s, cold deploy {cold:.1f} s, "
+                  f"re-run {rerun:.1f} s", flush=True)
+    f, c, r = (statistics.median(x) for x in (floors, colds, reruns))
+    print(f"packages ({len(packages)}): {' '.join(packages)}")
+    print(f"floor (apt-get update + install): {f:6.1f} s")
+    print(f"cold deploy:                      {c:6.1f} s   ratio cold/floor = {c / f:.2f}"
+          "   (aim <= 1.5)")
+    print(f"idempotent re-run:                {r:6.1f} s   (aim < 20 s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,71 @@
+"""Running the host-side storage tool over SSH, with the inventory's connection settings
+(the same key, port, user and known_hosts file as `mailstack deploy`)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import MailstackError
+from .inventory import InventoryHost, load_hosts
+from .site import Site
+
+TOOL = "/usr/local/sbin/mailstack-storage"
+WRONG_PASSPHRASE = 3
+NOT_INITIALIZED = 4
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    host: str
+    code: int
+    data: dict[str, Any]
+
+
+def ssh_command(site: Site, host: InventoryHost, remote: list[str]) -> list[str]:
+    cmd = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
+           "-o", "StrictHostKeyChecking=accept-new",
+           "-o", f"UserKnownHostsFile={site.root.resolve() / 'known_hosts'}",
+           "-p", str(host.ssh_port)]
+    if host.ssh_key:
+        cmd += ["-i", str(host.ssh_key), "-o", "IdentitiesOnly=yes"]
+    sudo = [] if host.ssh_user == "root" else ["sudo", "-n"]
+    return [*cmd, f"{host.ssh_user}@{host.address}", "--", *sudo, *remote]
+
+
+def hosts(site: Site, only: str | None) -> list[InventoryHost]:
+    found = load_hosts(site.root, site.inventory)
+    if only is None:
+        return found
+    chosen = [h for h in found if h.name == only]
+    if not chosen:
+        raise MailstackError(f"host {only!r} is not in the inventory (hosts: "
+                             f"{', '.join(h.name for h in found)})")
+    return chosen
+
+
+def run_tool(site: Site, host: InventoryHost, verb: str, *, stdin: str | None = None,
+             timeout: float = 120) -> ToolResult:
+    """Run `mailstack-storage VERB` on the host; its last stdout line is JSON."""
+    try:
+        proc = subprocess.run(ssh_command(site, host, [TOOL, verb]), input=stdin,
+                              capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise MailstackError(f"{host.name}: no answer over SSH within {timeout:.0f} s") from None
+    lines = proc.stdout.strip().splitlines()
+    try:
+        data = json.loads(lines[-1]) if lines else {}
+    except json.JSONDecodeError:
+        data = {}
+    if proc.returncode == 255:
+        raise MailstackError(f"{host.name}: cannot reach {host.ssh_user}@{host.address}:"
+                             f"{host.ssh_port} over SSH: {proc.stderr.strip()}")
+    if not data and (proc.returncode == 127 or "No such file" in proc.stderr):
+        raise MailstackError(f"{host.name}: the storage tool is not installed; run "
+                             "`mailstack deploy` first")
+    if not data:
+        raise MailstackError(f"{host.name}: {TOOL} {verb} failed (exit {proc.returncode}): "
+                             f"{(proc.stderr or proc.stdout).strip()[-300:]}")
+    return ToolResult(host.name, proc.returncode, data)

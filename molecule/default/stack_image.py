@@ -1,0 +1,33 @@
+"""Molecule dependency step: make sure the test-bed stack image exists and tag it
+``mailstack-stack:molecule``, the image molecule.yml names by default.
+
+The stack image's real tag is a hash of its recipe (mailstack.testbed.stack_image_tag),
+which molecule.yml cannot compute; building is skipped when the image is cached.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from mailstack.testbed import TestbedError, stack_image
+
+ALIAS = "mailstack-stack:molecule"
+
+
+def main() -> int:
+    if os.environ.get("MAILSTACK_MOLECULE_IMAGE"):
+        return 0  # the caller chose the image
+    try:
+        tag = stack_image()
+    except TestbedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    subprocess.run(["docker", "tag", tag, ALIAS], check=True)
+    print(f"molecule image: {ALIAS} = {tag}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
