@@ -101,6 +101,18 @@ def _opts(ctx: typer.Context) -> Options:
     return ctx.find_root().obj
 
 
+ENCFS_WARNING = (
+    "warning: options.storage.encryption is encfs. EncFS has known weaknesses (a 2014 audit: "
+    "an attacker who sees several versions of the encrypted files can learn about their "
+    "content, and file sizes and structure leak). Prefer gocryptfs unless you need EncFS."
+)
+
+
+def _warn_storage(site) -> None:
+    if site.config.options.storage.encryption == "encfs":
+        typer.secho(ENCFS_WARNING, err=True, fg=typer.colors.YELLOW)
+
+
 def _read_password(address: str, from_stdin: bool) -> str:
     if from_stdin:
         line = sys.stdin.readline()
@@ -171,6 +183,7 @@ def render(
     from .render import render_site, write_tree
 
     site = _opts(ctx).site()
+    _warn_storage(site)
     out = out or site.root / "build"
     for name, files in render_site(site, host).items():
         write_tree(files, out / name)
@@ -197,6 +210,7 @@ def deploy(
     from .deploy import deploy as run_deploy
 
     site = _opts(ctx).site()
+    _warn_storage(site)
     progress = Progress()
     result = run_deploy(
         site, check=check, limit=limit, tags=tags, progress=progress,

@@ -250,3 +250,80 @@ def test_reboot_locks_the_store_and_unlock_delivers_every_message_once(deployed)
         assert inbox.count(subject) == 1, (subject, inbox)
     after = mailstack(deployed, "status").stdout
     assert "unlocked; queue 0" in after and "dovecot active" in after
+
+
+def _systemctl(action: str, unit: str) -> None:
+    subprocess.run(["docker", "exec", sandbox.CONTAINER, "systemctl", action, unit], check=True,
+                   capture_output=True)
+
+
+def _wait_for_subject(ip: str, subject: str) -> list[str]:
+    for _ in range(60):
+        inbox = _imap_subjects(ip, "alice@sandbox.test")
+        if subject in inbox:
+            return inbox
+        time.sleep(0.5)
+    pytest.fail(f"{subject} never arrived")
+
+
+def test_database_down_means_4xx_then_delivered_once(deployed):
+    import smtplib
+
+    ip = sandbox.sandbox_status().ip
+    subject = f"db-down-{time.time_ns()}"
+    _systemctl("stop", "mariadb")
+    try:
+        with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+            _send(ip, [subject])
+        code = refused.value.recipients["alice@sandbox.test"][0]
+        assert 400 <= code < 500, refused.value.recipients  # the sender retries later
+    finally:
+        _systemctl("start", "mariadb")
+    # The sender retries (Postfix's mysql client itself waits retry_interval = 60 s before
+    # it tries a failed server again); bounded like any sender's retry schedule.
+    deadline = time.monotonic() + 100
+    while True:
+        try:
+            _send(ip, [subject])
+            break
+        except smtplib.SMTPRecipientsRefused as exc:
+            code = exc.recipients["alice@sandbox.test"][0]
+            assert 400 <= code < 500 and time.monotonic() < deadline, exc.recipients
+            time.sleep(5)
+    assert _wait_for_subject(ip, subject).count(subject) == 1
+
+
+def test_milter_down_means_4xx_never_unsigned_mail(deployed):
+    import smtplib
+
+    ip = sandbox.sandbox_status().ip
+    subject = f"dkim-down-{time.time_ns()}"
+    message = (f"From: alice@sandbox.test\r\nTo: alice@sandbox.test\r\nSubject: {subject}\r\n"
+               f"\r\nsigned or nothing\r\n")
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+
+    def submit() -> None:
+        with smtplib.SMTP(ip, 587, timeout=20, local_hostname="client.test") as smtp:
+            smtp.starttls(context=ctx)
+            smtp.login("alice@sandbox.test", PASSWORD)
+            smtp.sendmail("alice@sandbox.test", ["alice@sandbox.test"], message)
+
+    _systemctl("stop", "opendkim")
+    try:
+        with pytest.raises(smtplib.SMTPResponseException) as refused:
+            submit()
+        assert 400 <= refused.value.smtp_code < 500, refused.value
+    finally:
+        _systemctl("start", "opendkim")
+    submit()
+    assert _wait_for_subject(ip, subject).count(subject) == 1
+    imap = imaplib.IMAP4_SSL(ip, 993, ssl_context=ctx, timeout=10)
+    try:
+        imap.login("alice@sandbox.test", PASSWORD)
+        imap.select("INBOX")
+        _, data = imap.search(None, "SUBJECT", f'"{subject}"')
+        _, fetched = imap.fetch(data[0].split()[0], "(BODY.PEEK[HEADER])")
+        assert b"DKIM-Signature:" in fetched[0][1]
+    finally:
+        imap.logout()

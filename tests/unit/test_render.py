@@ -130,3 +130,13 @@ def test_render_command_writes_per_host_tree(cli, tmp_path):
     assert second == first  # same bytes, and the stale file is gone
     result = cli("render", "--host", "other.example.org")
     assert result.exit_code == 2 and "not in the inventory" in result.output
+
+
+def test_encfs_choice_prints_its_weakness_warning(cli, tmp_path):
+    path = cli.site / "mailstack.yml"
+    path.write_text(path.read_text().replace("encryption: gocryptfs", "encryption: encfs"))
+    result = cli("render", "--out", str(tmp_path / "b"))
+    assert result.exit_code == 0, result.output
+    assert "EncFS has known weaknesses" in result.output
+    storage = (tmp_path / "b/mail.example.org/etc/mailstack/storage.json").read_text()
+    assert '"encryption": "encfs"' in storage
