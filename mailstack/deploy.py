@@ -216,7 +216,6 @@ def run_playbook(
                              f"-o UserKnownHostsFile={site.root.resolve() / 'known_hosts'}"),
         "ANSIBLE_NOCOLOR": "1",
     }
-    cmdline = " ".join(filter(None, ["--check --diff" if check else "",]))
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="mailstack-runner-") as private:
         os.chmod(private, 0o700)  # artifacts can hold task output
@@ -231,7 +230,7 @@ def run_playbook(
             envvars=env,
             limit=limit,
             tags=tags,
-            cmdline=cmdline or None,
+            cmdline="--check --diff" if check else None,
             quiet=True,
             event_handler=_Events(site, progress, result),
             rotate_artifacts=1,

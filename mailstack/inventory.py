@@ -93,3 +93,15 @@ def load_hosts(root: Path, env: str = DEFAULT_INVENTORY) -> list[InventoryHost]:
             )
         )
     return result
+
+
+def select_hosts(root: Path, env: str, only: str | None) -> list[InventoryHost]:
+    """The mail hosts, or just the one named; an unknown name is an error naming the hosts."""
+    found = load_hosts(root, env)
+    if only is None:
+        return found
+    chosen = [h for h in found if h.name == only]
+    if not chosen:
+        raise ConfigError(f"host {only!r} is not in the inventory's {MAIL_GROUP} group "
+                          f"(hosts: {', '.join(h.name for h in found)})")
+    return chosen

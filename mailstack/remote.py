@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import MailstackError
-from .inventory import InventoryHost, load_hosts
+from .inventory import InventoryHost, select_hosts
 from .site import Site
 
 TOOL = "/usr/local/sbin/mailstack-storage"
@@ -36,14 +36,7 @@ def ssh_command(site: Site, host: InventoryHost, remote: list[str]) -> list[str]
 
 
 def hosts(site: Site, only: str | None) -> list[InventoryHost]:
-    found = load_hosts(site.root, site.inventory)
-    if only is None:
-        return found
-    chosen = [h for h in found if h.name == only]
-    if not chosen:
-        raise MailstackError(f"host {only!r} is not in the inventory (hosts: "
-                             f"{', '.join(h.name for h in found)})")
-    return chosen
+    return select_hosts(site.root, site.inventory, only)
 
 
 def run_tool(site: Site, host: InventoryHost, verb: str, *, stdin: str | None = None,

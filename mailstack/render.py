@@ -19,7 +19,7 @@ import jinja2
 from .config import RESERVED_LOCAL_PART, SiteConfig
 from .errors import ConfigError
 from .files import write_atomic
-from .inventory import InventoryHost, load_hosts
+from .inventory import InventoryHost, select_hosts
 from .resources import resource_dir
 from .site import Site
 
@@ -208,11 +208,7 @@ def render_site(site: Site, only_host: str | None = None) -> dict[str, list[Rend
     """Rendered files per inventory host. A DKIM key missing for a domain declared by hand
     is generated and saved first (existing keys are never replaced)."""
     cfg = site.config
-    hosts = load_hosts(site.root, site.inventory)
-    if only_host:
-        hosts = [h for h in hosts if h.name == only_host]
-        if not hosts:
-            raise ConfigError(f"host {only_host!r} is not in the inventory's mail group")
+    hosts = select_hosts(site.root, site.inventory, only_host)
     missing = [d for d in cfg.domains if d not in site.secrets.dkim]
     if missing or not site.secrets.site.get("verify_password_hash"):
         site.secrets.ensure(cfg.domains)

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
-from .inventory import InventoryHost, load_hosts
+from .inventory import InventoryHost, select_hosts
 from .render import verify_address
 from .secrets import dkim_public_key
 from .site import Site
@@ -290,11 +290,8 @@ class Prober:
 
 
 def verify(site: Site, only_host: str | None = None) -> list[Check]:
-    hosts = load_hosts(site.root, site.inventory)
-    if only_host:
-        hosts = [h for h in hosts if h.name == only_host]
     results: list[Check] = []
-    for host in hosts:
+    for host in select_hosts(site.root, site.inventory, only_host):
         results.extend(Prober(site, host).run())
     return results
 

@@ -81,3 +81,11 @@ def test_debug_shows_the_traceback(site_dir):
                             str(site_dir), "domain", "list"], capture_output=True, text=True,
                            check=False)
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+@pytest.mark.parametrize("command", [["verify", "--host"], ["render", "--host"], ["unlock"]])
+def test_unknown_host_is_named_without_a_traceback(runner, site_dir, command):
+    result = runner.invoke(app, ["--site", str(site_dir), *command, "other.example.org"])
+    assert result.exit_code == 2, result.output
+    assert "host 'other.example.org' is not in the inventory's mail group" in result.output
+    assert "(hosts: mail.example.org)" in result.output
