@@ -19,25 +19,10 @@ import time
 import uuid
 from pathlib import Path
 
-import yaml
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from mailstack import sandbox, testbed  # noqa: E402
-
-
-def role_packages() -> list[str]:
-    """Every package list the roles declare (`<role>__packages` style defaults)."""
-    packages: list[str] = []
-    for defaults in sorted((REPO / "roles").glob("*/defaults/main.yml")):
-        data = yaml.safe_load(defaults.read_text()) or {}
-        for key, value in data.items():
-            if key.endswith("packages") and isinstance(value, list):
-                packages += [p for p in value if isinstance(p, str) and "{{" not in p]
-            elif key.endswith("packages_by_method") and isinstance(value, dict):
-                packages += value.get("gocryptfs", [])  # the default storage method
-    return sorted(set(packages))
 
 
 def fresh_host(tag: str, key: Path) -> testbed.Host:
@@ -94,7 +79,7 @@ def main() -> int:
     testbed.ensure_engine()
     testbed.base_image()
     key = sandbox.ensure_keypair(sandbox.default_state_dir())
-    packages = role_packages()
+    packages = testbed.role_packages()
     floors, colds, reruns = [], [], []
     with tempfile.TemporaryDirectory(prefix="mailstack-bench-") as tmp:
         for i in range(args.runs):

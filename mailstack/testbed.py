@@ -57,9 +57,12 @@ RECIPE_VERSION = "mailstack-base-3"
 BASE_REPO = "mailstack-base"
 STACK_REPO = "mailstack-stack"
 STACK_RECIPE_VERSION = "mailstack-stack-3"
+# Every package the roles install (for each storage method; tests/unit checks this against
+# roles/*/defaults), so that a deploy onto a host from this image downloads nothing.
 STACK_PACKAGES: tuple[str, ...] = (
     "postfix",
     "postfix-mysql",
+    "libsasl2-modules",
     "dovecot-core",
     "dovecot-imapd",
     "dovecot-lmtpd",
@@ -68,6 +71,12 @@ STACK_PACKAGES: tuple[str, ...] = (
     "opendkim-tools",
     "mariadb-server",
     "mariadb-client",
+    "gocryptfs",
+    "encfs",
+    "fuse3",
+    "nftables",
+    "systemd-timesyncd",
+    "unattended-upgrades",
     "swaks",
     "ca-certificates",
     "openssl",
@@ -578,6 +587,24 @@ def base_image() -> str:
 # --------------------------------------------------------------------------- stack image
 
 
+def role_packages(storage_methods: Sequence[str] = ("gocryptfs",)) -> list[str]:
+    """Every package the roles install (their `<role>__packages` defaults), with the storage
+    role's packages for the given encryption methods (the default one unless told)."""
+    import yaml
+
+    from .resources import resource_dir
+
+    packages: set[str] = set()
+    for defaults in sorted(resource_dir("roles").glob("*/defaults/main.yml")):
+        for key, value in (yaml.safe_load(defaults.read_text()) or {}).items():
+            if key.endswith("packages") and isinstance(value, list):
+                packages.update(p for p in value if isinstance(p, str) and "{{" not in p)
+            elif key.endswith("packages_by_method") and isinstance(value, dict):
+                for method in storage_methods:
+                    packages.update(value.get(method, []))
+    return sorted(packages)
+
+
 def stack_image_tag(base: str | None = None) -> str:
     """The tag stack_image() builds for a given base tag."""
     base = base or base_image_tag()
@@ -679,6 +706,14 @@ def resume_host(name: str, *, network: str | None = None) -> Host:
     if not running:
         _log(f"starting stopped container {name}")
         _docker("start", name, timeout=120)
+    wait_for_systemd(name)
+    return Host(name=name, ip=container_ip(name, network))
+
+
+def restart_host(name: str, *, network: str | None = None) -> Host:
+    """Reboot a host: `docker restart` (a clean systemd shutdown, then a boot), wait for
+    systemd. Its filesystem is kept; its address may change."""
+    _docker("restart", "--time", "60", name, timeout=120)
     wait_for_systemd(name)
     return Host(name=name, ip=container_ip(name, network))
 
