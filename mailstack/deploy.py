@@ -129,6 +129,15 @@ def _unreachable_reason(host: str, res: dict[str, Any], site: Site) -> str:
     return f"cannot reach {where} over SSH: {msg}"
 
 
+def _changed(res: dict[str, Any], event: dict[str, Any]) -> bool:
+    """Whether a task changed the host. ansible-runner replaces the whole result of a
+    `no_log` task (creating or mounting the store, placing secret files) with a `censored`
+    note, `changed` included; the callback's own line ("changed: [host]") still says it."""
+    if "censored" in res:
+        return str(event.get("stdout", "")).lstrip().startswith("changed:")
+    return bool(res.get("changed"))
+
+
 class _Events:
     def __init__(self, site: Site, progress: Progress, result: DeployResult) -> None:
         self.site = site
@@ -145,7 +154,7 @@ class _Events:
         if kind == "playbook_on_task_start":
             self.progress.task_started(task)
         elif kind == "runner_on_ok" and stats is not None:
-            if res.get("changed"):
+            if _changed(res, event):
                 stats.changed += 1
                 self.result.changes.append((host, task))
                 self.progress.result(host, "changed", task)
