@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .files import write_atomic
 
 INVENTORIES_DIR = "inventories"
 DEFAULT_INVENTORY = "production"
@@ -44,6 +45,14 @@ def inventory_document(
         "# ansible_host: the address mailstack connects to over SSH (the VPS's IP).\n"
     )
     return header + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
+
+
+def write_inventory(root: Path, name: str, address: str, ssh_user: str, ssh_port: int,
+                    ssh_key: str | None, env: str = DEFAULT_INVENTORY) -> Path:
+    """Write (or re-point, e.g. at a host's new address) the inventory of one mail host."""
+    path = inventory_file(root, env)
+    write_atomic(path, inventory_document(name, address, ssh_user, ssh_port, ssh_key))
+    return path
 
 
 GROUP_VARS = """\

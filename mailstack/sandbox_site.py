@@ -7,8 +7,7 @@ from pathlib import Path
 
 from .config import CONFIG_FILE
 from .errors import MailstackError
-from .files import write_atomic
-from .inventory import inventory_document, inventory_file, load_hosts
+from .inventory import load_hosts, write_inventory
 from .site import InitOptions, init_site
 
 SANDBOX_DOMAIN = "sandbox.test"
@@ -37,8 +36,7 @@ def sandbox_site_up(directory: Path):  # -> tuple[SandboxInfo, bool]
             f"{directory} is a site, but not the sandbox's (its hosts: "
             f"{', '.join(h.name for h in hosts)}); choose another directory"
         )
-    write_atomic(inventory_file(directory), inventory_document(
-        info.hostname, info.ip, info.ssh_user, 22, str(info.ssh_key)))
+    write_inventory(directory, info.hostname, info.ip, info.ssh_user, 22, str(info.ssh_key))
     # A re-created sandbox has new SSH host keys: forget the old ones.
     (directory / "known_hosts").unlink(missing_ok=True)
     return info, False

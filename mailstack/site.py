@@ -17,8 +17,7 @@ from .inventory import (
     DEFAULT_INVENTORY,
     GROUP_VARS,
     INVENTORIES_DIR,
-    inventory_document,
-    inventory_file,
+    write_inventory,
 )
 from .names import address_problem, domain_problem, host_problem
 from .secrets import SECRETS_DIR, Secrets
@@ -197,10 +196,7 @@ def _write_site(root: Path, opts: InitOptions, vault_password_file: Path | None)
     vault = Vault(password_file(root, vault_password_file))
     write_atomic(root / CONFIG_FILE, config_document(opts))
     write_atomic(root / ".gitignore", GITIGNORE)
-    write_atomic(
-        inventory_file(root),
-        inventory_document(opts.hostname, opts.host, opts.ssh_user, opts.ssh_port, opts.ssh_key),
-    )
+    write_inventory(root, opts.hostname, opts.host, opts.ssh_user, opts.ssh_port, opts.ssh_key)
     write_atomic(root / INVENTORIES_DIR / DEFAULT_INVENTORY / "group_vars" / "all.yml",
                  GROUP_VARS)
     (root / SECRETS_DIR).mkdir(mode=0o700)
