@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import imaplib
 import json
-import os
-import ssl
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,16 +17,19 @@ import pytest
 
 from mailstack import sandbox
 
+from .helpers import (
+    PASSWORD,
+    assert_each_once,
+    imap_login,
+    imap_subjects,
+    mailstack,
+    send,
+    tls_context,
+    wait_for_subjects,
+)
+
 pytestmark = pytest.mark.testbed
-PASSWORD = "correct horse battery staple"
-
-
-def mailstack(site: Path | None, *args: str, input: str | None = None,
-              timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "mailstack", *(["--site", str(site)] if site else []), *args]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
-    return subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout,
-                          env=env, check=False)
+ALICE = "alice@sandbox.test"
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +47,10 @@ def site(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def deployed(site):
-    assert mailstack(site, "user", "add", "alice@sandbox.test", "--password-stdin",
+    assert mailstack(site, "user", "add", ALICE, "--password-stdin",
                      input=PASSWORD + "\n").returncode == 0
     assert mailstack(site, "alias", "add", "postmaster@sandbox.test",
-                     "alice@sandbox.test").returncode == 0
+                     ALICE).returncode == 0
     started = time.monotonic()
     result = mailstack(site, "deploy")
     print(f"cold deploy: {time.monotonic() - started:.1f} s")
@@ -97,22 +97,12 @@ def test_new_user_is_usable_after_a_fast_accounts_deploy(deployed):
     assert result.returncode == 0, result.stdout + result.stderr
     print(f"deploy --tags accounts: {elapsed:.1f} s")
     ip = sandbox.sandbox_status().ip
-    ctx = ssl.create_default_context()
-    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-    imap = imaplib.IMAP4_SSL(ip, 993, ssl_context=ctx, timeout=10)
-    try:
-        assert imap.login("bob@sandbox.test", PASSWORD)[0] == "OK"
-    finally:
-        imap.logout()
+    imap_login(ip, "bob@sandbox.test").logout()
     # Removing the user takes the login away again.
     assert mailstack(deployed, "user", "remove", "bob@sandbox.test").returncode == 0
     assert mailstack(deployed, "deploy", "--tags", "accounts").returncode == 0
-    imap = imaplib.IMAP4_SSL(ip, 993, ssl_context=ctx, timeout=10)
-    try:
-        with pytest.raises(imaplib.IMAP4.error):
-            imap.login("bob@sandbox.test", PASSWORD)
-    finally:
-        imap.logout()
+    with pytest.raises(imaplib.IMAP4.error):
+        imap_login(ip, "bob@sandbox.test")
 
 
 def _with_inventory(site: Path, old: str, new: str):
@@ -165,32 +155,6 @@ def test_wrong_vault_password_stops_before_touching_the_host(deployed, tmp_path)
 # --- encrypted storage: locked on boot, unlocked over SSH, no mail lost --------------------
 
 
-def _imap_subjects(ip: str, user: str) -> list[str]:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-    imap = imaplib.IMAP4_SSL(ip, 993, ssl_context=ctx, timeout=10)
-    try:
-        imap.login(user, PASSWORD)
-        imap.select("INBOX")
-        _, data = imap.search(None, "ALL")
-        subjects = []
-        for num in data[0].split():
-            _, fetched = imap.fetch(num, "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
-            subjects.append(fetched[0][1].decode().strip().removeprefix("Subject: "))
-        return subjects
-    finally:
-        imap.logout()
-
-
-def _send(ip: str, subjects: list[str]) -> None:
-    import smtplib
-
-    with smtplib.SMTP(ip, 25, timeout=20, local_hostname="client.test") as smtp:
-        for subject in subjects:
-            smtp.sendmail("", ["alice@sandbox.test"],
-                          f"Subject: {subject}\r\n\r\nbody of {subject}\r\n")
-
-
 def _restart_host(site: Path) -> str:
     subprocess.run(["docker", "restart", sandbox.CONTAINER], check=True, capture_output=True)
     up = mailstack(None, "sandbox", "up", str(site))  # re-points the inventory if the IP moved
@@ -199,15 +163,10 @@ def _restart_host(site: Path) -> str:
 
 
 def test_store_is_encrypted_on_disk(deployed):
-    token = f"cleartext-probe-{os.getpid()}-{time.time_ns()}"
+    token = f"cleartext-probe-{time.time_ns()}"
     ip = sandbox.sandbox_status().ip
-    _send(ip, [token])
-    for _ in range(40):
-        if token in _imap_subjects(ip, "alice@sandbox.test"):
-            break
-        time.sleep(0.5)
-    else:
-        pytest.fail("probe message never arrived")
+    send(ip, ALICE, [token])
+    wait_for_subjects(ip, ALICE, [token], timeout=20)
     through_mount = subprocess.run(
         ["docker", "exec", sandbox.CONTAINER, "grep", "-rl", token, "/var/mail/vhosts"],
         capture_output=True, text=True, check=False)
@@ -224,7 +183,7 @@ def test_reboot_locks_the_store_and_unlock_delivers_every_message_once(deployed)
     assert status.returncode == 0, status.stderr
     assert "LOCKED" in status.stdout and "dovecot inactive" in status.stdout
     subjects = [f"sent-while-locked-{i}-{time.time_ns()}" for i in range(5)]
-    _send(ip, subjects)  # accepted (250) and queued: nothing bounced
+    send(ip, ALICE, subjects)  # accepted (250) and queued: nothing bounced
     queued = mailstack(deployed, "status")
     assert "queue 5" in queued.stdout, queued.stdout
     # The locked mountpoint is empty and closed: it can never pass for a mailbox.
@@ -245,9 +204,7 @@ def test_reboot_locks_the_store_and_unlock_delivers_every_message_once(deployed)
     unlocked = mailstack(deployed, "unlock")
     assert unlocked.returncode == 0, unlocked.stderr
     assert "delivered 5 queued message(s)" in unlocked.stdout
-    inbox = _imap_subjects(ip, "alice@sandbox.test")
-    for subject in subjects:
-        assert inbox.count(subject) == 1, (subject, inbox)
+    assert_each_once(imap_subjects(ip, ALICE), subjects)
     after = mailstack(deployed, "status").stdout
     assert "unlocked; queue 0" in after and "dovecot active" in after
 
@@ -255,15 +212,6 @@ def test_reboot_locks_the_store_and_unlock_delivers_every_message_once(deployed)
 def _systemctl(action: str, unit: str) -> None:
     subprocess.run(["docker", "exec", sandbox.CONTAINER, "systemctl", action, unit], check=True,
                    capture_output=True)
-
-
-def _wait_for_subject(ip: str, subject: str) -> list[str]:
-    for _ in range(60):
-        inbox = _imap_subjects(ip, "alice@sandbox.test")
-        if subject in inbox:
-            return inbox
-        time.sleep(0.5)
-    pytest.fail(f"{subject} never arrived")
 
 
 def test_database_down_means_4xx_then_delivered_once(deployed):
@@ -274,8 +222,8 @@ def test_database_down_means_4xx_then_delivered_once(deployed):
     _systemctl("stop", "mariadb")
     try:
         with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
-            _send(ip, [subject])
-        code = refused.value.recipients["alice@sandbox.test"][0]
+            send(ip, ALICE, [subject])
+        code = refused.value.recipients[ALICE][0]
         assert 400 <= code < 500, refused.value.recipients  # the sender retries later
     finally:
         _systemctl("start", "mariadb")
@@ -284,13 +232,13 @@ def test_database_down_means_4xx_then_delivered_once(deployed):
     deadline = time.monotonic() + 100
     while True:
         try:
-            _send(ip, [subject])
+            send(ip, ALICE, [subject])
             break
         except smtplib.SMTPRecipientsRefused as exc:
-            code = exc.recipients["alice@sandbox.test"][0]
+            code = exc.recipients[ALICE][0]
             assert 400 <= code < 500 and time.monotonic() < deadline, exc.recipients
             time.sleep(5)
-    assert _wait_for_subject(ip, subject).count(subject) == 1
+    assert_each_once(wait_for_subjects(ip, ALICE, [subject]), [subject])
 
 
 def test_milter_down_means_4xx_never_unsigned_mail(deployed):
@@ -300,14 +248,12 @@ def test_milter_down_means_4xx_never_unsigned_mail(deployed):
     subject = f"dkim-down-{time.time_ns()}"
     message = (f"From: alice@sandbox.test\r\nTo: alice@sandbox.test\r\nSubject: {subject}\r\n"
                f"\r\nsigned or nothing\r\n")
-    ctx = ssl.create_default_context()
-    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
 
     def submit() -> None:
         with smtplib.SMTP(ip, 587, timeout=20, local_hostname="client.test") as smtp:
-            smtp.starttls(context=ctx)
-            smtp.login("alice@sandbox.test", PASSWORD)
-            smtp.sendmail("alice@sandbox.test", ["alice@sandbox.test"], message)
+            smtp.starttls(context=tls_context())
+            smtp.login(ALICE, PASSWORD)
+            smtp.sendmail(ALICE, [ALICE], message)
 
     _systemctl("stop", "opendkim")
     try:
@@ -317,10 +263,9 @@ def test_milter_down_means_4xx_never_unsigned_mail(deployed):
     finally:
         _systemctl("start", "opendkim")
     submit()
-    assert _wait_for_subject(ip, subject).count(subject) == 1
-    imap = imaplib.IMAP4_SSL(ip, 993, ssl_context=ctx, timeout=10)
+    assert_each_once(wait_for_subjects(ip, ALICE, [subject]), [subject])
+    imap = imap_login(ip, ALICE)
     try:
-        imap.login("alice@sandbox.test", PASSWORD)
         imap.select("INBOX")
         _, data = imap.search(None, "SUBJECT", f'"{subject}"')
         _, fetched = imap.fetch(data[0].split()[0], "(BODY.PEEK[HEADER])")
