@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""Delivery throughput: encrypted store vs a plain directory, same host, same run.
+
+The real pipeline end to end: Postfix's `smtp-source` in a second container sends N
+messages over SMTP to port 25 of a deployed mailstack host; Postfix (with its MariaDB
+lookups and the OpenDKIM milter) queues them and hands them to Dovecot over LMTP, which
+writes them into Maildir. Two clocks, each run into an empty mailbox:
+
+- end to end: from the first SMTP connection until the queue is empty;
+- delivery only: the messages are first held in the queue (defer_transports = lmtp), then
+  released: only the LMTP -> Maildir half, the part the store can slow down.
+
+After every run each message is counted in the mailbox (exactly N, none bounced).
+
+The same host is measured twice per round, only the directory under /var/mail/vhosts
+changes: the gocryptfs mount the deploy made (mounted with mailstack-storage, as
+`mailstack unlock` does), or a plain directory on the same disk bind-mounted there.
+Rounds alternate the order; medians are printed, with the ratio encrypted/plain.
+
+    .venv/bin/python bench/throughput.py [--messages N] [--sessions S] [--size B] [--rounds R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from mailstack import sandbox, testbed  # noqa: E402
+from mailstack.site import Site  # noqa: E402
+
+DOMAIN = "bench.test"
+USER = f"bench@{DOMAIN}"
+NETWORK = "mailstack-bench"
+STORE = "/var/mail/vhosts"
+PLAIN = "/var/mail/plain-bench"
+MAILDIR = f"{STORE}/{DOMAIN}/bench"
+QUEUE_DIRS = " ".join(f"/var/spool/postfix/{d}" for d in ("maildrop", "incoming", "active",
+                                                           "deferred", "hold"))
+
+
+def sh(host: str, script: str, input: str | None = None) -> str:
+    return testbed.exec_in(host, ["bash", "-ec", script], input=input).stdout
+
+
+def mailstack(site: Path, *args: str, input: str | None = None) -> str:
+    proc = subprocess.run([sys.executable, "-m", "mailstack", "--site", str(site), *args],
+                          input=input, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"mailstack {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc.stdout
+
+
+def use_store(server: str, mode: str, passphrase: str) -> None:
+    """Put an empty mailbox on the chosen store under /var/mail/vhosts, Dovecot running."""
+    # Dovecot is bound to the mount (BindsTo=var-mail-vhosts.mount): it stops with it.
+    sh(server, f"systemctl stop dovecot; while mountpoint -q {STORE}; do umount {STORE}; done")
+    if mode == "plain":
+        sh(server, f"install -d -o vmail -g vmail -m 0770 {PLAIN}; "
+                   f"mount --bind {PLAIN} {STORE}")
+    else:
+        sh(server, "/usr/local/sbin/mailstack-storage mount >/dev/null", input=passphrase + "\n")
+    sh(server, f"rm -rf {MAILDIR}; systemctl start dovecot; "
+               "until [ -S /var/spool/postfix/private/dovecot-lmtp ]; do sleep 0.1; done; "
+               f"findmnt -no FSTYPE {STORE}")
+
+
+def queue_empty(server: str) -> None:
+    sh(server, f"while [ -n \"$(find {QUEUE_DIRS} -type f -print -quit)\" ]; "
+               "do sleep 0.02; done")
+
+
+def send(client: str, server_ip: str, args: argparse.Namespace) -> None:
+    testbed.exec_in(client, ["smtp-source", "-s", str(args.sessions), "-m", str(args.messages),
+                             "-l", str(args.size), "-M", f"client.{DOMAIN}", "-f", USER,
+                             "-t", USER, f"{server_ip}:25"])
+
+
+def check_delivered(server: str, expected: int) -> None:
+    counted = sh(server, f"find {MAILDIR}/Maildir/new {MAILDIR}/Maildir/cur -type f | wc -l; "
+                         f"grep -rl '^From: MAILER-DAEMON' {MAILDIR}/Maildir | wc -l")
+    delivered, bounced = (int(x) for x in counted.split())
+    if delivered != expected or bounced:
+        raise SystemExit(f"expected {expected} messages delivered, found {delivered} "
+                         f"({bounced} bounces); see `journalctl -u postfix@-` in {server}")
+
+
+def end_to_end(server: str, client: str, server_ip: str, args: argparse.Namespace) -> float:
+    """SMTP in and delivery together: the clock stops when the queue is empty."""
+    started = time.monotonic()
+    send(client, server_ip, args)
+    queue_empty(server)
+    elapsed = time.monotonic() - started
+    check_delivered(server, args.messages)
+    return args.messages / elapsed
+
+
+def delivery_only(server: str, client: str, server_ip: str, args: argparse.Namespace) -> float:
+    """Only the storage-bound half: the messages wait in the queue (defer_transports), then
+    the clock runs while Postfix hands them all to Dovecot over LMTP."""
+    sh(server, "postconf -e defer_transports=lmtp && postfix reload >/dev/null 2>&1")
+    try:
+        send(client, server_ip, args)
+    finally:
+        sh(server, "postconf -e defer_transports= && postfix reload >/dev/null 2>&1")
+    started = time.monotonic()
+    sh(server, "postqueue -f")
+    queue_empty(server)
+    elapsed = time.monotonic() - started
+    check_delivered(server, args.messages)
+    return args.messages / elapsed
+
+
+PHASES = {"end to end": end_to_end, "delivery only": delivery_only}
+
+
+def deploy(server_ip: str, key: Path, workdir: Path) -> Path:
+    site = workdir / "site"
+    init = subprocess.run([sys.executable, "-m", "mailstack", "init", str(site), "--domain",
+                           DOMAIN, "--hostname", f"mail.{DOMAIN}", "--host", server_ip,
+                           "--ssh-key", str(key)], capture_output=True, text=True, check=False)
+    if init.returncode != 0:
+        raise SystemExit(init.stderr)
+    mailstack(site, "user", "add", USER, "--password-stdin",
+              input="correct horse battery staple\n")
+    started = time.monotonic()
+    mailstack(site, "deploy")
+    print(f"deployed in {time.monotonic() - started:.0f} s", flush=True)
+    return site
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=2000, help="messages per run")
+    parser.add_argument("--sessions", type=int, default=10, help="parallel SMTP sessions")
+    parser.add_argument("--size", type=int, default=4096, help="message body size in bytes")
+    parser.add_argument("--rounds", type=int, default=3, help="plain+encrypted pairs")
+    parser.add_argument("--keep", action="store_true",
+                        help="leave the containers running (for tuning by hand)")
+    args = parser.parse_args()
+
+    testbed.ensure_engine()
+    image = testbed.stack_image()
+    testbed.ensure_network(NETWORK)
+    key = sandbox.ensure_keypair(sandbox.default_state_dir())
+    tag = uuid.uuid4().hex[:6]
+    server = f"mailstack-bench-mail-{tag}"
+    client = f"mailstack-bench-client-{tag}"
+    try:
+        host = testbed.start_host(server, image, hostname=f"mail.{DOMAIN}", network=NETWORK,
+                                  ssh_pubkey=key.with_suffix(".pub").read_text())
+        testbed.start_host(client, image, hostname=f"client.{DOMAIN}", network=NETWORK)
+        with tempfile.TemporaryDirectory(prefix="mailstack-bench-") as tmp:
+            site = deploy(host.ip, key, Path(tmp))
+            passphrase = Site(site).secrets.site["storage_passphrase"]
+            rates: dict[tuple[str, str], list[float]] = {}
+            for i in range(args.rounds):
+                order = ("plain", "gocryptfs") if i % 2 == 0 else ("gocryptfs", "plain")
+                for mode in order:
+                    for phase, measure in PHASES.items():
+                        use_store(server, mode, passphrase)
+                        rate = measure(server, client, host.ip, args)
+                        rates.setdefault((phase, mode), []).append(rate)
+                        print(f"round {i + 1}: {mode:9} {phase:13} {rate:7.1f} msg/s",
+                              flush=True)
+        print(f"\n{args.messages} messages per run, {args.rounds} rounds, {args.sessions} SMTP "
+              f"sessions, {args.size}-byte bodies, one mailbox; medians in messages/s")
+        print(f"{'':15}{'plain':>8}{'gocryptfs':>11}{'ratio':>8}")
+        for phase in PHASES:
+            plain, enc = (statistics.median(rates[(phase, m)]) for m in ("plain", "gocryptfs"))
+            print(f"{phase:15}{plain:8.1f}{enc:11.1f}{enc / plain:8.2f}")
+        print("aim: gocryptfs >= 0.70 of plain")
+    finally:
+        if not args.keep:
+            testbed.remove_host(server)
+            testbed.remove_host(client)
+            testbed.remove_network(NETWORK)
+        else:
+            print(f"kept: {server} {client}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
