@@ -152,6 +152,7 @@ def main() -> int:
     testbed.ensure_network(NETWORK)
     key = sandbox.ensure_keypair(sandbox.default_state_dir())
     tag = uuid.uuid4().hex[:6]
+    site = Path("?/site")
     server = f"mailstack-bench-mail-{tag}"
     client = f"mailstack-bench-client-{tag}"
     try:
@@ -159,7 +160,8 @@ def main() -> int:
                                   ssh_pubkey=key.with_suffix(".pub").read_text())
         testbed.start_host(client, image, hostname=f"client.{DOMAIN}", network=NETWORK)
         with tempfile.TemporaryDirectory(prefix="mailstack-bench-") as tmp:
-            site = deploy(host.ip, key, Path(tmp))
+            site = deploy(host.ip, key, Path(tempfile.mkdtemp(prefix="mailstack-bench-site-")
+                                              if args.keep else tmp))
             passphrase = Site(site).secrets.site["storage_passphrase"]
             rates: dict[tuple[str, str], list[float]] = {}
             for i in range(args.rounds):
@@ -184,7 +186,7 @@ def main() -> int:
             testbed.remove_host(client)
             testbed.remove_network(NETWORK)
         else:
-            print(f"kept: {server} {client}")
+            print(f"kept: {server} {client} (site in {site.parent})")
     return 0
 
 
