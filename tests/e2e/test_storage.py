@@ -2,7 +2,8 @@
 fresh host (a container from the test-bed stack image, reached over SSH like a VPS):
 
 1. a site deployed unencrypted (`encryption: none`) receives mail; switching it to
-   encryption and deploying again moves every message into the encrypted store exactly once,
+   encryption and deploying again moves every message into the encrypted store exactly once
+   (and delivers at once the mail deferred while LMTP was down),
    leaves no clear text on disk and no old directory behind, and a third deploy changes
    nothing; new mail is delivered into the store;
 2. mail that an interrupted switch left aside is moved in by the next deploy (once, on
@@ -146,6 +147,14 @@ def _switched_host(method: str, name: str, site: Path, key: Path) -> tuple[Host,
     assert host.grep(host.earlier[0], MOUNT) == 0
     assert f" {MOUNT} " not in host.mounts()
 
+    # Mail that arrives while the store is switched finds LMTP down and is deferred: the
+    # switching deploy must deliver it before it ends, not after Postfix's retry delay.
+    host.run("systemctl", "stop", "dovecot")
+    waited = _unique("deferred-before-the-switch", 1)
+    send(host.ip, ALICE, waited)
+    host.wait_for_queue(1)
+    host.earlier += waited
+
     host.set_encryption(method)
     switched = host.deploy(f"deploy switching none -> {method}")
     return host, switched.stdout + switched.stderr
@@ -180,7 +189,7 @@ def migrated(request, switched_hosts) -> Iterator[tuple[Host, str]]:
 def test_switch_keeps_every_message_exactly_once(migrated):
     host, output = migrated
     for task in ("Initialise the encrypted directory", "Mount the new store",
-                 "Move the existing mail into the encrypted store"):
+                 "Move the existing mail into the encrypted store", "Flush the mail queue"):
         assert f"changed  {HOSTNAME}  {task}" in output, output
     assert_each_once(imap_subjects(host.ip, ALICE), host.earlier)
     assert not host.exists(MIGRATING), "the unencrypted copy must be gone"
