@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,6 +20,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from benchlib import mailstack, new_site  # noqa: E402
 
 from mailstack import sandbox, testbed  # noqa: E402
 
@@ -45,26 +46,10 @@ def floor(key: Path, packages: list[str]) -> float:
         testbed.remove_host(host.name)
 
 
-def mailstack(site: Path, *args: str, input: str | None = None) -> float:
-    started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "mailstack", "--site", str(site), *args],
-                          input=input, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise SystemExit(f"mailstack {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return time.monotonic() - started
-
-
 def deploy_times(key: Path, workdir: Path) -> tuple[float, float]:
     host = fresh_host("deploy", key)
     try:
-        site = workdir / host.name
-        init = subprocess.run([sys.executable, "-m", "mailstack", "init", str(site), "--domain",
-                               "bench.test", "--hostname", "mail.bench.test", "--host", host.ip,
-                               "--ssh-key", str(key)], capture_output=True, text=True, check=False)
-        if init.returncode != 0:
-            raise SystemExit(init.stderr)
-        mailstack(site, "user", "add", "alice@bench.test", "--password-stdin",
-                  input="correct horse battery staple\n")
+        site = new_site(workdir / host.name, host.ip, key, "alice@bench.test")
         cold = mailstack(site, "deploy")
         rerun = mailstack(site, "deploy")
         return cold, rerun

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +32,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from benchlib import mailstack, new_site  # noqa: E402
 
 from mailstack import sandbox, testbed  # noqa: E402
 from mailstack.site import Site  # noqa: E402
@@ -49,14 +50,6 @@ QUEUE_DIRS = " ".join(f"/var/spool/postfix/{d}" for d in ("maildrop", "incoming"
 
 def sh(host: str, script: str, input: str | None = None) -> str:
     return testbed.exec_in(host, ["bash", "-ec", script], input=input).stdout
-
-
-def mailstack(site: Path, *args: str, input: str | None = None) -> str:
-    proc = subprocess.run([sys.executable, "-m", "mailstack", "--site", str(site), *args],
-                          input=input, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise SystemExit(f"mailstack {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc.stdout
 
 
 def use_store(server: str, mode: str, passphrase: str) -> None:
@@ -123,17 +116,8 @@ PHASES = {"end to end": end_to_end, "delivery only": delivery_only}
 
 
 def deploy(server_ip: str, key: Path, workdir: Path) -> Path:
-    site = workdir / "site"
-    init = subprocess.run([sys.executable, "-m", "mailstack", "init", str(site), "--domain",
-                           DOMAIN, "--hostname", f"mail.{DOMAIN}", "--host", server_ip,
-                           "--ssh-key", str(key)], capture_output=True, text=True, check=False)
-    if init.returncode != 0:
-        raise SystemExit(init.stderr)
-    mailstack(site, "user", "add", USER, "--password-stdin",
-              input="correct horse battery staple\n")
-    started = time.monotonic()
-    mailstack(site, "deploy")
-    print(f"deployed in {time.monotonic() - started:.0f} s", flush=True)
+    site = new_site(workdir / "site", server_ip, key, USER)
+    print(f"deployed in {mailstack(site, 'deploy'):.0f} s", flush=True)
     return site
 
 
