@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import MailstackError
+from .host.storage_tool import NOT_INITIALIZED, WRONG_PASSPHRASE
+from .host.storage_tool import PATH as TOOL
 from .inventory import InventoryHost, select_hosts
 from .site import Site
 
-TOOL = "/usr/local/sbin/mailstack-storage"
-WRONG_PASSPHRASE = 3
-NOT_INITIALIZED = 4
+__all__ = ["NOT_INITIALIZED", "TOOL", "WRONG_PASSPHRASE", "ToolResult", "hosts", "run_tool"]
 
 
 @dataclass(frozen=True)

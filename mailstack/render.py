@@ -15,10 +15,12 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import jinja2
+import yaml
 
 from .config import RESERVED_LOCAL_PART, SiteConfig
 from .errors import ConfigError
 from .files import write_atomic
+from .host import storage_tool
 from .inventory import InventoryHost, select_hosts
 from .resources import resource_dir
 from .site import Site
@@ -37,9 +39,21 @@ MOZILLA_INTERMEDIATE_CIPHERS = ":".join([
 # A mailbox that deploy creates and `mailstack verify` uses for its round trip; its password
 # lives in secrets/site.yml. Reserved: users cannot take this local part.
 VERIFY_LOCAL_PART = RESERVED_LOCAL_PART
+# Facts that templates, roles and the host tool share. They are defined here and nowhere
+# else: templates get them in the render context, roles from the rendered
+# mailstack_vars.yml (see host_vars), the host tool from its rendered storage.json.
 VMAIL = {"user": "vmail", "group": "vmail", "uid": 5000, "gid": 5000, "root": "/var/mail/vhosts"}
 TLS_DIR = "/etc/mailstack/tls"
 DKIM_KEYS_DIR = "/etc/opendkim/keys"
+DB_NAME = "mailstack"
+POSTFIX_QUEUE_DIR = "/var/spool/postfix"
+LMTP_SOCKET = "private/dovecot-lmtp"  # relative to Postfix's queue directory (its chroot)
+AUTH_SOCKET = "private/auth"
+# Services that must never run without the mounted store, and those `mailstack status` shows.
+STORE_BOUND_SERVICES = ["dovecot"]
+STATUS_SERVICES = ["postfix", "dovecot", "opendkim", "mariadb"]
+HOST_VARS_FILE = "mailstack_vars.yml"
+STORAGE_TOOL_FILE = PurePosixPath(storage_tool.PATH.lstrip("/"))
 
 # Files that carry a password, a hash or a private key: 0600 wherever mailstack writes them.
 SECRET_FILES = {
@@ -137,6 +151,9 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
             "message_size_limit": cfg.options.message_size_limit,
             "mynetworks": "127.0.0.0/8 [::1]/128",
             "vmail": dict(VMAIL),
+            "postfix_queue_dir": POSTFIX_QUEUE_DIR,
+            "lmtp_socket": LMTP_SOCKET,
+            "auth_socket": AUTH_SOCKET,
             "queue": {
                 "delay_warning_time": queue.delay_warning_time,
                 "maximal_queue_lifetime": queue.maximal_queue_lifetime,
@@ -152,7 +169,7 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
             "ciphers": MOZILLA_INTERMEDIATE_CIPHERS,
         },
         "db": {
-            "name": "mailstack",
+            "name": DB_NAME,
             "host": "127.0.0.1",
             "port": 3306,
             "postfix": {"user": "mailstack_postfix",
@@ -175,6 +192,11 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
             "root": VMAIL["root"],
             "cipher_dir": VMAIL["root"] + ".crypt",
             "mount_unit": systemd_mount_unit(VMAIL["root"]),
+            "tool": storage_tool.PATH,
+            "conf_file": storage_tool.CONF,
+            "lmtp_socket": f"{POSTFIX_QUEUE_DIR}/{LMTP_SOCKET}",
+            "bound_services": list(STORE_BOUND_SERVICES),
+            "status_services": list(STATUS_SERVICES),
         },
         "accounts": {
             "domains": domains,
@@ -188,10 +210,37 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
     }
 
 
+def host_vars(context: dict[str, Any]) -> dict[str, Any]:
+    """The facts the roles share with the templates, taken from the render context: site.yml
+    loads them from build/<host>/mailstack_vars.yml, so no role keeps a copy of its own."""
+    storage = context["storage"]
+    return {
+        "mailstack_hostname": context["host"]["hostname"],
+        "mailstack_vmail": dict(context["mail"]["vmail"]),
+        "mailstack_tls": {"dir": TLS_DIR, "key_file": context["tls"]["key_file"],
+                          "cert_file": context["tls"]["cert_file"]},
+        "mailstack_dkim_keys_dir": DKIM_KEYS_DIR,
+        "mailstack_db_name": context["db"]["name"],
+        "mailstack_lmtp_socket": storage["lmtp_socket"],
+        "mailstack_storage": {k: storage[k] for k in (
+            "encryption", "root", "cipher_dir", "mount_unit", "tool", "conf_file",
+            "bound_services")},
+    }
+
+
+def _host_vars_file(context: dict[str, Any]) -> RenderedFile:
+    header = (f"# {context['managed_header']}\n"
+              "# Facts of this host that the roles share with the rendered files; site.yml "
+              "loads them.\n")
+    body = yaml.safe_dump(host_vars(context), sort_keys=True, default_flow_style=False)
+    return RenderedFile(PurePosixPath(HOST_VARS_FILE), header + body, False)
+
+
 def render_host(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> list[RenderedFile]:
     context = build_context(cfg, secrets, host)
     env = environment()
-    files = []
+    files = [_host_vars_file(context),
+             RenderedFile(STORAGE_TOOL_FILE, Path(storage_tool.__file__).read_text(), False)]
     for name in sorted(env.list_templates(filter_func=lambda n: n.endswith(".j2"))):
         target = PurePosixPath(name.removesuffix(".j2"))
         if str(target) == "etc/postfix/sasl_passwd" and context["mail"]["relay"] is None:

@@ -15,8 +15,9 @@ from conftest import PASSWORD
 
 from mailstack.config import SiteConfig
 from mailstack.errors import ConfigError
+from mailstack.host import storage_tool
 from mailstack.inventory import InventoryHost
-from mailstack.render import render_host, write_tree
+from mailstack.render import STORAGE_TOOL_FILE, render_host, write_tree
 from mailstack.secrets import Secrets
 
 GOLDEN = Path(__file__).parent.parent / "golden"
@@ -50,6 +51,10 @@ def fake_secrets() -> Secrets:
 
 def test_rendered_files_match_the_golden_files():
     files = render_host(CONFIG, fake_secrets(), HOST)
+    # The host tool is placed verbatim (its source is in the package), not templated.
+    tool = next(f for f in files if f.path == STORAGE_TOOL_FILE)
+    assert tool.content == Path(storage_tool.__file__).read_text()
+    files = [f for f in files if f is not tool]
     target = GOLDEN / HOST.name
     if os.environ.get("UPDATE_GOLDEN"):
         write_tree(files, target)

@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# Managed by mailstack (mailstack/host/storage_tool.py): rendered and placed by `mailstack deploy`.
 """mailstack-storage: the encrypted mail store on this host (installed by mailstack's
 storage role). Run by `mailstack unlock` / `mailstack status` over SSH, and by the role.
 
@@ -29,11 +30,13 @@ import subprocess
 import sys
 import time
 
+# The controller imports these (mailstack/deploy): the one place they are defined.
+PATH = "/usr/local/sbin/mailstack-storage"
 CONF = "/etc/mailstack/storage.json"
+OK = 0
+ERROR = 1
 WRONG_PASSPHRASE = 3
 NOT_INITIALIZED = 4
-SERVICES = ("postfix", "dovecot", "opendkim", "mariadb")
-LMTP_SOCKET = "/var/spool/postfix/private/dovecot-lmtp"
 
 
 def conf():
@@ -56,10 +59,7 @@ def initialized(c):
 
 
 def has_files(path):
-    for _, _, files in os.walk(path):
-        if files:
-            return True
-    return False
+    return any(files for _, _, files in os.walk(path))
 
 
 def state(c):
@@ -85,7 +85,7 @@ def passphrase():
     return value
 
 
-def fail(msg, code=1):
+def fail(msg, code=ERROR):
     print(json.dumps({"ok": False, "error": msg}))
     sys.exit(code)
 
@@ -181,13 +181,13 @@ def cmd_unlock(c):
     if not already:
         do_mount(c, secret)
     before = queue_size()
-    start = run(["systemctl", "start", "dovecot"])
+    start = run(["systemctl", "start", *c["bound_services"]])
     if start.returncode != 0:
         fail("mounted, but Dovecot did not start: " + start.stderr.strip())
     # Flush only once Dovecot's LMTP socket exists (a message tried before that is
     # deferred again and waits out Postfix's backoff), and flush again while mail remains.
     deadline = time.monotonic() + float(os.environ.get("MAILSTACK_FLUSH_WAIT", "30"))
-    while not os.path.exists(LMTP_SOCKET) and time.monotonic() < deadline:
+    while not os.path.exists(c["lmtp_socket"]) and time.monotonic() < deadline:
         time.sleep(0.2)
     after = queue_size()
     last_flush = 0.0
@@ -211,7 +211,7 @@ def cmd_lock(c):
     if not mounted(c["root"]):
         print(json.dumps({"ok": True, "already_locked": True}))
         return
-    run(["systemctl", "stop", "dovecot"])
+    run(["systemctl", "stop", *c["bound_services"]])
     proc = run(["fusermount", "-u", c["root"]])
     if proc.returncode != 0:
         fail("unmount failed: " + proc.stderr.strip())
@@ -219,7 +219,7 @@ def cmd_lock(c):
 
 
 def cmd_status(c):
-    services = {s: run(["systemctl", "is-active", s]).stdout.strip() for s in SERVICES}
+    services = {s: run(["systemctl", "is-active", s]).stdout.strip() for s in c["services"]}
     print(json.dumps({"ok": True, "storage": state(c), "services": services,
                       "queue": queue_size()}))
 
@@ -227,7 +227,7 @@ def cmd_status(c):
 def main():
     if len(sys.argv) != 2:
         print(__doc__)
-        sys.exit(1)
+        sys.exit(ERROR)
     c = conf()
     verb = sys.argv[1]
     if verb == "state":
