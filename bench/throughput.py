@@ -31,12 +31,13 @@ import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
 
+import testbed  # noqa: E402
 from benchlib import mailstack, new_site  # noqa: E402
 
-from mailstack import sandbox, testbed  # noqa: E402
-from mailstack.site import Site  # noqa: E402
+from mailstack.sandbox import host as sandbox  # noqa: E402
+from mailstack.site.directory import Site  # noqa: E402
 
 DOMAIN = "bench.test"
 USER = f"bench@{DOMAIN}"

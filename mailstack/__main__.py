@@ -1,5 +1,5 @@
 """``python -m mailstack``."""
 
-from .cli import main
+from mailstack.cli import main
 
 main()

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mailstack.cli import app
-from mailstack.site import InitOptions, init_site
+from mailstack.site.directory import InitOptions, init_site
 
 PASSWORD = "correct horse battery staple"
 

@@ -1,7 +1,7 @@
 """Molecule dependency step: make sure the test-bed stack image exists and tag it
 ``mailstack-stack:molecule``, the image molecule.yml names by default.
 
-The stack image's real tag is a hash of its recipe (mailstack.testbed.stack_image_tag),
+The stack image's real tag is a hash of its recipe (tests/testbed: stack_image_tag),
 which molecule.yml cannot compute; building is skipped when the image is cached.
 """
 
@@ -10,8 +10,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
-from mailstack.testbed import TestbedError, stack_image
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
+
+from testbed import TestbedError, stack_image
 
 ALIAS = "mailstack-stack:molecule"
 

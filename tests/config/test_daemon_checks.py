@@ -13,9 +13,9 @@ import uuid
 from pathlib import Path
 
 import pytest
+import testbed
 from typer.testing import CliRunner
 
-from mailstack import testbed
 from mailstack.cli import app
 
 pytestmark = pytest.mark.testbed

@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import testbed
 
-from mailstack import sandbox, testbed
-from mailstack.inventory import write_inventory
+from mailstack.sandbox import host as sandbox
+from mailstack.site.inventory import write_inventory
 
 from .helpers import (
     PASSWORD,

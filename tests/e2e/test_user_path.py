@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mailstack import sandbox
+from mailstack.sandbox import host as sandbox
 
 from .helpers import (
     PASSWORD,

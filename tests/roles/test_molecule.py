@@ -15,8 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from mailstack.testbed import stack_image
+from testbed import stack_image
 
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT = 15 * 60
@@ -28,7 +27,7 @@ def test_molecule_default_scenario() -> None:
     env = dict(os.environ)
     bindir = str(Path(sys.executable).parent)
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
-    # The exact image, built once per machine and cached (mailstack.testbed).
+    # The exact image, built once per machine and cached (tests/testbed).
     env["MAILSTACK_MOLECULE_IMAGE"] = stack_image()
     env.setdefault("ANSIBLE_FORCE_COLOR", "0")
     env.setdefault("PY_COLORS", "0")

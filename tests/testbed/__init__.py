@@ -1,0 +1,209 @@
+"""The test bed: real Debian hosts for the tests and benchmarks (not part of the product).
+
+Builds on mailstack.sandbox (engine, base image, containers) and adds the "stack" image:
+the base plus every package the roles install, so that a deploy in a test downloads
+nothing. `python -m testbed setup` (with tests/ on the path; scripts/testbed-setup does it)
+starts the engine and builds or finds both images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+# The test bed's API: the sandbox's hosts and images, plus the stack image below.
+from mailstack.sandbox.docker import (
+    SYSTEMD,
+    Host,
+    SandboxError,
+    build_lock,
+    container_ip,
+    container_running,
+    docker,
+    ensure_engine,
+    ensure_network,
+    exec_in,
+    image_exists,
+    log,
+    remove_host,
+    remove_network,
+    short_hash,
+    start_host,
+    wait_for_port,
+    wait_for_systemd,
+)
+from mailstack.sandbox.image import FALLBACK_MIRROR, base_image, base_image_tag, debian_sources
+
+__all__ = [
+    "FALLBACK_MIRROR", "STACK_PACKAGES", "Host", "TestbedError", "base_image", "container_running",
+    "debian_sources", "ensure_engine", "ensure_network", "exec_in", "remove_host",
+    "remove_network", "restart_host", "role_packages", "stack_image", "start_host",
+    "wait_for_port",
+]
+
+TestbedError = SandboxError
+
+STACK_REPO = "mailstack-stack"
+STACK_RECIPE_VERSION = "mailstack-stack-3"
+# Every package the roles install (for each storage method; tests/unit checks this against
+# roles/*/defaults), so that a deploy onto a host from this image downloads nothing.
+STACK_PACKAGES: tuple[str, ...] = (
+    "postfix",
+    "postfix-mysql",
+    "libsasl2-modules",
+    "dovecot-core",
+    "dovecot-imapd",
+    "dovecot-lmtpd",
+    "dovecot-mysql",
+    "opendkim",
+    "opendkim-tools",
+    "mariadb-server",
+    "mariadb-client",
+    "gocryptfs",
+    "encfs",
+    "fuse3",
+    "nftables",
+    "systemd-timesyncd",
+    "unattended-upgrades",
+    "swaks",
+    "ca-certificates",
+    "openssl",
+)
+# Postfix asks a question at install time; "No configuration" leaves main.cf to us.
+STACK_DEBCONF = "postfix postfix/main_mailer_type select No configuration\n"
+# ssl-cert (pulled in by postfix/dovecot-core) makes a "snakeoil" key and cert at
+# install time, named after the build container.  The image must not carry one
+# shared key, so it is deleted before the commit and made again at first boot
+# with the container's own hostname, as a real install would have it.
+SNAKEOIL_UNIT_NAME = "mailstack-snakeoil.service"
+SNAKEOIL_UNIT = """\
+[Unit]
+Description=Generate the ssl-cert snakeoil certificate for this host (mailstack test bed)
+Before=dovecot.service postfix.service postfix@-.service
+ConditionPathExists=!/etc/ssl/private/ssl-cert-snakeoil.key
+ConditionPathExists=/usr/sbin/make-ssl-cert
+
+[Service]
+Type=oneshot
+ExecStart=/usr/sbin/make-ssl-cert generate-default-snakeoil
+RemainAfterExit=yes
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+# --------------------------------------------------------------------------- stack image
+
+
+def role_packages(storage_methods: Sequence[str] = ("gocryptfs",)) -> list[str]:
+    """Every package the roles install (their `<role>__packages` defaults), with the storage
+    role's packages for the given encryption methods (the default one unless told)."""
+    import yaml
+
+    from mailstack.resources import resource_dir
+
+    packages: set[str] = set()
+    for defaults in sorted(resource_dir("roles").glob("*/defaults/main.yml")):
+        for key, value in (yaml.safe_load(defaults.read_text()) or {}).items():
+            if key.endswith("packages") and isinstance(value, list):
+                packages.update(p for p in value if isinstance(p, str) and "{{" not in p)
+            elif key.endswith("packages_by_method") and isinstance(value, dict):
+                for method in storage_methods:
+                    packages.update(value.get(method, []))
+    return sorted(packages)
+
+
+def stack_image_tag(base: str | None = None) -> str:
+    """The tag stack_image() builds for a given base tag."""
+    base = base or base_image_tag()
+    key = {"base": base, "packages": list(STACK_PACKAGES), "debconf": STACK_DEBCONF,
+           "snakeoil_unit": SNAKEOIL_UNIT, "version": STACK_RECIPE_VERSION}
+    return f"{STACK_REPO}:{short_hash(key)}"
+
+
+def _build_stack(base: str, tag: str) -> None:
+    """Install the mail stack packages in a booted base container, then commit it.
+
+    Installed under a running systemd (not in a Dockerfile RUN) so maintainer
+    scripts behave as on a real host; host keys and machine-id are cleared
+    before the commit so containers from the image never share them.
+    """
+    name = f"mailstack-stack-build-{os.getpid()}"
+    log(f"building stack image {tag} from {base} … (about 50 s)")
+    started = time.monotonic()
+    remove_host(name)
+    try:
+        # No extra labels here: docker commit copies the build container's labels
+        # into the image, and from there onto every container started from it.
+        start_host(name, base, hostname="stack-build.mailstack.test")
+        exec_in(name, ["debconf-set-selections"], input=STACK_DEBCONF)
+        apt_env = ["env", "DEBIAN_FRONTEND=noninteractive"]
+        _exec_logged(name, [*apt_env, "apt-get", "update"], "apt-get update in the build container")
+        _exec_logged(name, [*apt_env, "apt-get", "install", "-y", *STACK_PACKAGES],
+                     "apt-get install of the stack packages")
+        exec_in(name, ["apt-get", "clean"])
+        exec_in(name, ["sh", "-c", f"cat > /etc/systemd/system/{SNAKEOIL_UNIT_NAME}"], input=SNAKEOIL_UNIT)
+        exec_in(name, ["systemctl", "enable", "--quiet", SNAKEOIL_UNIT_NAME])
+        exec_in(name, ["sh", "-c", "rm -f /etc/ssh/ssh_host_* /etc/ssl/private/ssl-cert-snakeoil.key "
+                                   "/etc/ssl/certs/ssl-cert-snakeoil.pem && : > /etc/machine-id"])
+        docker("stop", "--time", "60", name, timeout=120)
+        docker("commit", "-c", f'CMD ["{SYSTEMD}"]',
+                "-m", f"mailstack test-bed stack: {' '.join(STACK_PACKAGES)}", name, tag)
+    finally:
+        remove_host(name)
+    log(f"stack image {tag} built in {time.monotonic() - started:.0f} s")
+
+
+def _exec_logged(name: str, cmd: list[str], what: str) -> None:
+    """exec_in with a failure message that carries the tail of the output."""
+    proc = exec_in(name, cmd, check=False)
+    if proc.returncode != 0:
+        tail = " | ".join((proc.stdout + proc.stderr).strip().splitlines()[-3:])
+        raise SandboxError(f"{what} failed (exit {proc.returncode}): {tail}")
+
+
+def stack_image() -> str:
+    """Tag of base + the mail stack packages installed once (cached like the base image)."""
+    base = base_image()
+    tag = stack_image_tag(base)
+    if image_exists(tag):
+        return tag
+    with build_lock():
+        if not image_exists(tag):
+            _build_stack(base, tag)
+    return tag
+
+
+def restart_host(name: str, *, network: str | None = None) -> Host:
+    """Reboot a host: `docker restart` (a clean systemd shutdown, then a boot), wait for
+    systemd. Its filesystem is kept; its address may change."""
+    docker("restart", "--time", "60", name, timeout=120)
+    wait_for_systemd(name)
+    return Host(name=name, ip=container_ip(name, network))
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m testbed [setup|base|stack]`: print the image tags."""
+    parser = argparse.ArgumentParser(prog="python -m testbed",
+                                     description="Start the docker engine and build the test-bed images.")
+    parser.add_argument("action", nargs="?", default="setup", choices=["setup", "base", "stack"],
+                        help="setup = engine + base + stack image (default); base/stack = just that image")
+    args = parser.parse_args(argv)
+    try:
+        ensure_engine()
+        if args.action in ("setup", "base"):
+            print(base_image())
+        if args.action in ("setup", "stack"):
+            print(stack_image())
+    except SandboxError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+

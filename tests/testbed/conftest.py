@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from mailstack import testbed
+import testbed
+from mailstack.deploy.ssh import ssh_options
 
-SSH_OPTIONS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-               "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10"]
+SSH_OPTIONS = ssh_options(None)  # test hosts are new every time: no pinning
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -45,7 +45,7 @@ def ssh(ip: str, key: Path, *remote: str, user: str = "root") -> subprocess.Comp
 
 
 def docker(*args: str) -> subprocess.CompletedProcess[str]:
-    """The docker CLI, for assertions made independently of mailstack.testbed."""
+    """The docker CLI, for assertions made independently of the test bed."""
     return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=120)
 
 

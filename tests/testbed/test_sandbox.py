@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mailstack import sandbox, testbed
+import testbed
+from mailstack.sandbox import host as sandbox
 
 pytestmark = pytest.mark.testbed
 
@@ -17,7 +18,7 @@ def state_dir(engine: None, tmp_path: Path) -> Iterator[Path]:
     """A private key dir; the sandbox is removed afterwards even if the test fails."""
     if testbed.container_running(sandbox.CONTAINER) is not None:
         pytest.skip(f"a sandbox ({sandbox.CONTAINER}) already exists here and this test would remove it; "
-                    "run `python -m mailstack.sandbox down` to allow the test")
+                    "run `mailstack sandbox down` to allow the test")
     try:
         yield tmp_path / "sandbox-state"
     finally:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mailstack import testbed
-from mailstack.testbed import TestbedError
+import testbed
+from testbed import TestbedError
 
 pytestmark = pytest.mark.testbed
 

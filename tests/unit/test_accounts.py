@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from conftest import PASSWORD, all_site_bytes
 
-from mailstack.passwords import verify_password
-from mailstack.secrets import Secrets
-from mailstack.vault import Vault
+from mailstack.site.passwords import verify_password
+from mailstack.site.secrets import Secrets
+from mailstack.site.vault import Vault
 
 
 def secrets_of(site):

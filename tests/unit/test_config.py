@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mailstack.config import ConfigDocument
 from mailstack.errors import ConfigError
+from mailstack.site.document import ConfigDocument
 
 VALID = """\
 hostname: mail.example.org

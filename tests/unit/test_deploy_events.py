@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import io
 
-from mailstack.deploy import DeployResult, Progress, _Events
+from mailstack.cli.progress import Progress
+from mailstack.deploy.events import DeployResult, Events
 
 CENSORED = {"censored": "the output has been hidden due to the fact that 'no_log: true' was "
                         "specified for this result"}
@@ -17,7 +18,7 @@ def ok_event(task: str, res: dict, stdout: str) -> dict:
 
 def test_changes_of_no_log_tasks_are_counted():
     result = DeployResult()
-    events = _Events(None, Progress(io.StringIO()), result)  # type: ignore[arg-type]
+    events = Events(None, Progress(io.StringIO()), result)  # type: ignore[arg-type]
     events(ok_event("Place main.cf", {"changed": True}, "changed: [mail.example.org]"))
     events(ok_event("Read the state", {"changed": False}, "ok: [mail.example.org]"))
     # no_log: the runner hides the whole result, `changed` included.

@@ -7,8 +7,8 @@ import json
 
 from cryptography.hazmat.primitives import serialization
 
-from mailstack.secrets import Secrets
-from mailstack.vault import Vault
+from mailstack.site.secrets import Secrets
+from mailstack.site.vault import Vault
 
 
 def test_zone_lists_every_record_with_split_dkim(cli):

@@ -8,8 +8,8 @@ from pathlib import Path
 from conftest import all_site_bytes
 
 from mailstack.cli import app
-from mailstack.secrets import Secrets, dkim_public_key
-from mailstack.vault import Vault
+from mailstack.site.secrets import Secrets, dkim_public_key
+from mailstack.site.vault import Vault
 
 FLAGS = ["--domain", "example.org", "--hostname", "mail.example.org", "--host", "203.0.113.7"]
 

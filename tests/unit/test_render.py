@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from conftest import PASSWORD
 
-from mailstack.config import SiteConfig
 from mailstack.errors import ConfigError
 from mailstack.host import storage_tool
-from mailstack.inventory import InventoryHost
-from mailstack.render import STORAGE_TOOL_FILE, render_host, write_tree
-from mailstack.secrets import Secrets
+from mailstack.render.renderer import STORAGE_TOOL_FILE, render_host, write_tree
+from mailstack.site.config import SiteConfig
+from mailstack.site.inventory import InventoryHost
+from mailstack.site.secrets import Secrets
 
 GOLDEN = Path(__file__).parent.parent / "golden"
 HOST = InventoryHost("mail.example.org", "203.0.113.7", "root", 22, None)

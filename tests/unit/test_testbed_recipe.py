@@ -3,7 +3,7 @@ a host made from it downloads nothing (the storage e2e tests rely on that for sp
 
 from __future__ import annotations
 
-from mailstack import testbed
+import testbed
 
 
 def test_stack_image_has_every_role_package():

@@ -1,0 +1,71 @@
+"""`mailstack render` and `mailstack deploy`: the site's files, and the hosts converged to them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mailstack.cli.common import opts, warn_storage
+from mailstack.errors import MailstackError
+
+
+def render(
+    ctx: typer.Context,
+    out: Annotated[Path | None, typer.Option(help="Output directory.",
+                                             show_default="SITE/build")] = None,
+    host: Annotated[str | None, typer.Option(help="Render only this inventory host.")] = None,
+) -> None:
+    """Render every config file for every host, exactly as it will land (build/HOST/etc/…)."""
+    from mailstack.render.renderer import render_site, write_tree
+
+    site = opts(ctx).site()
+    warn_storage(site)
+    out = out or site.root / "build"
+    for name, files in render_site(site, host).items():
+        write_tree(files, out / name)
+        secret = sum(f.secret for f in files)
+        typer.echo(f"{name}: {len(files)} files in {out / name} ({secret} holding secrets, "
+                   "mode 0600)")
+
+
+
+
+def deploy(
+    ctx: typer.Context,
+    check: Annotated[bool, typer.Option(
+        "--check", help="Show what would change (with diffs) without changing anything.")
+    ] = False,
+    limit: Annotated[str | None, typer.Option(help="Only this inventory host.")] = None,
+    tags: Annotated[str | None, typer.Option(
+        help="Only these parts, e.g. accounts (fast user/alias sync).")] = None,
+) -> None:
+    """Render, then converge every host over SSH (Ansible), with live progress."""
+    from mailstack.cli.progress import Progress
+    from mailstack.deploy.runner import deploy as run_deploy
+
+    site = opts(ctx).site()
+    warn_storage(site)
+    progress = Progress()
+    result = run_deploy(
+        site, check=check, limit=limit, tags=tags, progress=progress,
+        on_rendered=lambda n: progress.line(f"rendered {n} files into {site.root / 'build'}"),
+    )
+    for host, task, diff in result.diffs:
+        typer.echo(f"--- {host}: {task}")
+        typer.echo(diff.rstrip())
+    typer.echo(f"{'check' if check else 'deploy'} finished in {result.elapsed:.0f} s")
+    for host, st in sorted(result.hosts.items()):
+        typer.echo(f"  {host}: ok={st.ok} changed={st.changed} failed={st.failed} "
+                   f"unreachable={st.unreachable} skipped={st.skipped}")
+    if not result.ok:
+        details = [f"{host or 'ansible'}: {task}: {why}" if task else f"{host}: {why}"
+                   for host, task, why in result.failures]
+        raise MailstackError("deploy failed:", details=details)
+    if check:
+        typer.echo(f"{result.changed} change(s) would be made" if result.changed
+                   else "no changes needed")
+    else:
+        typer.echo(f"{result.changed} change(s) made" if result.changed
+                   else "no changes: the hosts already match the site")

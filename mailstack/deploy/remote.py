@@ -1,0 +1,62 @@
+"""Running the host-side storage tool over SSH, with the inventory's connection settings
+(the same key, port, user and known_hosts file as `mailstack deploy`)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+from typing import Any
+
+from mailstack.deploy.ssh import ssh_argv
+from mailstack.errors import MailstackError
+from mailstack.host.storage_tool import NOT_INITIALIZED, WRONG_PASSPHRASE
+from mailstack.host.storage_tool import PATH as TOOL
+from mailstack.site.directory import Site
+from mailstack.site.inventory import InventoryHost, select_hosts
+
+__all__ = ["NOT_INITIALIZED", "TOOL", "WRONG_PASSPHRASE", "ToolResult", "hosts", "run_tool"]
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    host: str
+    code: int
+    data: dict[str, Any]
+
+
+def ssh_command(site: Site, host: InventoryHost, remote: list[str]) -> list[str]:
+    """`ssh` to an inventory host as `mailstack deploy` reaches it (key, port, user, the site's
+    known_hosts), through `sudo -n` unless the SSH user is root."""
+    sudo = [] if host.ssh_user == "root" else ["sudo", "-n"]
+    return ssh_argv(host.ssh_user, host.address, port=host.ssh_port, key=host.ssh_key,
+                    known_hosts=site.known_hosts, remote=[*sudo, *remote])
+
+
+def hosts(site: Site, only: str | None) -> list[InventoryHost]:
+    return select_hosts(site.root, site.inventory, only)
+
+
+def run_tool(site: Site, host: InventoryHost, verb: str, *, stdin: str | None = None,
+             timeout: float = 120) -> ToolResult:
+    """Run `mailstack-storage VERB` on the host; its last stdout line is JSON."""
+    try:
+        proc = subprocess.run(ssh_command(site, host, [TOOL, verb]), input=stdin,
+                              capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise MailstackError(f"{host.name}: no answer over SSH within {timeout:.0f} s") from None
+    lines = proc.stdout.strip().splitlines()
+    try:
+        data = json.loads(lines[-1]) if lines else {}
+    except json.JSONDecodeError:
+        data = {}
+    if proc.returncode == 255:
+        raise MailstackError(f"{host.name}: cannot reach {host.ssh_user}@{host.address}:"
+                             f"{host.ssh_port} over SSH: {proc.stderr.strip()}")
+    if not data and (proc.returncode == 127 or "No such file" in proc.stderr):
+        raise MailstackError(f"{host.name}: the storage tool is not installed; run "
+                             "`mailstack deploy` first")
+    if not data:
+        raise MailstackError(f"{host.name}: {TOOL} {verb} failed (exit {proc.returncode}): "
+                             f"{(proc.stderr or proc.stdout).strip()[-300:]}")
+    return ToolResult(host.name, proc.returncode, data)

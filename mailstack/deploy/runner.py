@@ -1,0 +1,94 @@
+"""`mailstack deploy`: render, then run site.yml against the site's inventory over SSH.
+
+ansible-runner drives ansible-playbook; its event callback (events.py) feeds the live
+progress and the final summary.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from mailstack.deploy.events import DeployResult, Events, NoProgress, ProgressSink
+from mailstack.deploy.ssh import ansible_ssh_args
+from mailstack.errors import MailstackError
+from mailstack.render.renderer import render_site, write_tree
+from mailstack.resources import resource_dir
+from mailstack.site.directory import Site
+from mailstack.site.inventory import inventory_file
+
+
+def run_playbook(
+    site: Site,
+    build_dir: Path,
+    *,
+    check: bool = False,
+    limit: str | None = None,
+    tags: str | None = None,
+    progress: ProgressSink | None = None,
+) -> DeployResult:
+    import ansible_runner
+
+    progress = progress or NoProgress()
+    result = DeployResult()
+    playbook = resource_dir("site.yml")
+    if not playbook.exists():
+        raise MailstackError(f"playbook {playbook} is missing: reinstall mailstack")
+    bindir = str(Path(sys.executable).parent)
+    env = {
+        "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),
+        "ANSIBLE_ROLES_PATH": str(resource_dir("roles")),
+        "ANSIBLE_PIPELINING": "True",
+        "ANSIBLE_FORKS": "10",
+        "ANSIBLE_RETRY_FILES_ENABLED": "False",
+        "ANSIBLE_SSH_ARGS": ansible_ssh_args(site.known_hosts),
+        "ANSIBLE_NOCOLOR": "1",
+    }
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="mailstack-runner-") as private:
+        os.chmod(private, 0o700)  # artifacts can hold task output
+        run = ansible_runner.run(
+            private_data_dir=private,
+            playbook=str(playbook),
+            inventory=str(inventory_file(site.root, site.inventory).resolve()),
+            # The storage passphrase only ever sits in runner's private 0700 directory on the
+            # controller; roles pipe it to gocryptfs on stdin (no_log).
+            extravars={"mailstack_build_dir": str(build_dir.resolve()),
+                       "storage__passphrase": site.secrets.site.get("storage_passphrase", "")},
+            envvars=env,
+            limit=limit,
+            tags=tags,
+            cmdline="--check --diff" if check else None,
+            quiet=True,
+            event_handler=Events(site, progress, result),
+            rotate_artifacts=1,
+        )
+        result.rc = run.rc
+        if run.rc != 0 and not result.failures:
+            tail = (run.stdout.read() if run.stdout else "").strip().splitlines()[-5:]
+            result.failures.append(("", "ansible-playbook", " | ".join(tail) or run.status))
+    progress.done()
+    result.elapsed = time.monotonic() - started
+    return result
+
+
+def deploy(
+    site: Site,
+    *,
+    check: bool = False,
+    limit: str | None = None,
+    tags: str | None = None,
+    progress: ProgressSink | None = None,
+    on_rendered: Callable[[int], None] | None = None,
+) -> DeployResult:
+    build = site.root / "build"
+    rendered = render_site(site, limit)
+    for host, files in rendered.items():
+        write_tree(files, build / host)
+    if on_rendered:
+        on_rendered(sum(len(f) for f in rendered.values()))
+    return run_playbook(site, build, check=check, limit=limit, tags=tags, progress=progress)

@@ -1,0 +1,173 @@
+"""The render context: every decision about the files, made in Python from the site, so
+that templates only place values (docs/render-context.md is the contract), and the facts the
+roles share with those files (host_vars: build/<host>/mailstack_vars.yml).
+
+The paths, the mail user, the sockets are defined here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mailstack.errors import ConfigError
+from mailstack.host import storage_tool
+from mailstack.site.config import RESERVED_LOCAL_PART, SiteConfig
+from mailstack.site.inventory import InventoryHost
+
+MANAGED_HEADER = (
+    "Managed by mailstack: edit mailstack.yml and run `mailstack deploy`; "
+    "local changes are overwritten."
+)
+# Mozilla "intermediate" (TLS 1.2 ciphers; TLS 1.3 suites are OpenSSL's defaults).
+MOZILLA_INTERMEDIATE_CIPHERS = ":".join([
+    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
+    "DHE-RSA-AES128-GCM-SHA256", "DHE-RSA-AES256-GCM-SHA384", "DHE-RSA-CHACHA20-POLY1305",
+])
+# A mailbox that deploy creates and `mailstack verify` uses for its round trip; its password
+# lives in secrets/site.yml. Reserved: users cannot take this local part.
+VERIFY_LOCAL_PART = RESERVED_LOCAL_PART
+# Facts that templates, roles and the host tool share. They are defined here and nowhere
+# else: templates get them in the render context, roles from the rendered
+# mailstack_vars.yml (see host_vars), the host tool from its rendered storage.json.
+VMAIL = {"user": "vmail", "group": "vmail", "uid": 5000, "gid": 5000, "root": "/var/mail/vhosts"}
+TLS_DIR = "/etc/mailstack/tls"
+DKIM_KEYS_DIR = "/etc/opendkim/keys"
+DB_NAME = "mailstack"
+POSTFIX_QUEUE_DIR = "/var/spool/postfix"
+LMTP_SOCKET = "private/dovecot-lmtp"  # relative to Postfix's queue directory (its chroot)
+AUTH_SOCKET = "private/auth"
+# Services that must never run without the mounted store, and those `mailstack status` shows.
+STORE_BOUND_SERVICES = ["dovecot"]
+STATUS_SERVICES = ["postfix", "dovecot", "opendkim", "mariadb"]
+
+
+def systemd_mount_unit(path: str) -> str:
+    """`systemd-escape --path --suffix=mount` for the plain paths mailstack uses."""
+    escaped = "".join(c if c.isalnum() or c in "/_." else f"\\x{ord(c):02x}"
+                      for c in path.strip("/"))
+    return escaped.replace("/", "-") + ".mount"
+
+
+def verify_address(cfg: SiteConfig) -> str:
+    return f"{VERIFY_LOCAL_PART}@{cfg.primary_domain}"
+
+
+def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[str, Any]:
+    """The render context (docs/render-context.md is its contract)."""
+    site_secrets = secrets.site
+    relay = None
+    if cfg.options.relay:
+        password = site_secrets.get("relay_password")
+        if not password:
+            raise ConfigError(
+                "options.relay is set but secrets/site.yml has no relay password: run "
+                "`mailstack relay set HOST USERNAME` to store it"
+            )
+        relay = {"host": cfg.options.relay.host, "username": cfg.options.relay.username,
+                 "password": password}
+    missing_hash = [u.address for u in cfg.users if u.address not in secrets.accounts]
+    if missing_hash:
+        raise ConfigError(
+            "users without a password hash in secrets/accounts.yml:",
+            details=[f"{a}: set one with `mailstack user passwd {a}`" for a in missing_hash],
+        )
+    domains = sorted(cfg.domains)
+    queue = cfg.options.queue
+    mailboxes = [
+        {"address": u.address, "domain": u.address.split("@")[1],
+         "local_part": u.address.split("@")[0],
+         "password_hash": secrets.accounts[u.address], "quota_bytes": u.quota}
+        for u in cfg.users
+    ]
+    mailboxes.append({
+        "address": verify_address(cfg), "domain": cfg.primary_domain,
+        "local_part": VERIFY_LOCAL_PART, "password_hash": site_secrets["verify_password_hash"],
+        "quota_bytes": 10 * 1024**2,
+    })
+    return {
+        "managed_header": MANAGED_HEADER,
+        "host": {"name": host.name, "hostname": cfg.hostname},
+        "mail": {
+            "domains": domains,
+            "primary_domain": cfg.primary_domain,
+            "admin_email": cfg.admin_email,
+            "message_size_limit": cfg.options.message_size_limit,
+            "mynetworks": "127.0.0.0/8 [::1]/128",
+            "vmail": dict(VMAIL),
+            "postfix_queue_dir": POSTFIX_QUEUE_DIR,
+            "lmtp_socket": LMTP_SOCKET,
+            "auth_socket": AUTH_SOCKET,
+            "queue": {
+                "delay_warning_time": queue.delay_warning_time,
+                "maximal_queue_lifetime": queue.maximal_queue_lifetime,
+                "bounce_queue_lifetime": queue.bounce_queue_lifetime,
+            },
+            "relay": relay,
+        },
+        "tls": {
+            "cert_file": f"{TLS_DIR}/fullchain.pem",
+            "key_file": f"{TLS_DIR}/privkey.pem",
+            "protocols_postfix": "!SSLv2, !SSLv3, !TLSv1, !TLSv1.1",
+            "min_protocol_dovecot": "TLSv1.2",
+            "ciphers": MOZILLA_INTERMEDIATE_CIPHERS,
+        },
+        "db": {
+            "name": DB_NAME,
+            "host": "127.0.0.1",
+            "port": 3306,
+            "postfix": {"user": "mailstack_postfix",
+                        "password": site_secrets["mariadb"]["postfix_password"]},
+            "dovecot": {"user": "mailstack_dovecot",
+                        "password": site_secrets["mariadb"]["dovecot_password"]},
+        },
+        "dkim": {
+            "milter": "inet:127.0.0.1:8891",
+            "socket": "inet:8891@127.0.0.1",
+            "signing_keys": [
+                {"domain": d, "selector": secrets.dkim[d]["selector"],
+                 "key_file": f"{DKIM_KEYS_DIR}/{d}/{secrets.dkim[d]['selector']}.private"}
+                for d in domains
+            ],
+            "trusted_hosts": ["127.0.0.1", "::1", "localhost"],
+        },
+        "storage": {
+            "encryption": cfg.options.storage.encryption,
+            "root": VMAIL["root"],
+            "cipher_dir": VMAIL["root"] + ".crypt",
+            "mount_unit": systemd_mount_unit(VMAIL["root"]),
+            "tool": storage_tool.PATH,
+            "conf_file": storage_tool.CONF,
+            "lmtp_socket": f"{POSTFIX_QUEUE_DIR}/{LMTP_SOCKET}",
+            "bound_services": list(STORE_BOUND_SERVICES),
+            "status_services": list(STATUS_SERVICES),
+        },
+        "accounts": {
+            "domains": domains,
+            "mailboxes": sorted(mailboxes, key=lambda m: m["address"]),
+            "aliases": [
+                {"source": src, "destination": dest}
+                for src in sorted(cfg.aliases)
+                for dest in sorted(cfg.aliases[src])
+            ],
+        },
+    }
+
+
+def host_vars(context: dict[str, Any]) -> dict[str, Any]:
+    """The facts the roles share with the templates, taken from the render context: site.yml
+    loads them from build/<host>/mailstack_vars.yml, so no role keeps a copy of its own."""
+    storage = context["storage"]
+    return {
+        "mailstack_hostname": context["host"]["hostname"],
+        "mailstack_vmail": dict(context["mail"]["vmail"]),
+        "mailstack_tls": {"dir": TLS_DIR, "key_file": context["tls"]["key_file"],
+                          "cert_file": context["tls"]["cert_file"]},
+        "mailstack_dkim_keys_dir": DKIM_KEYS_DIR,
+        "mailstack_db_name": context["db"]["name"],
+        "mailstack_lmtp_socket": storage["lmtp_socket"],
+        "mailstack_storage": {k: storage[k] for k in (
+            "encryption", "root", "cipher_dir", "mount_unit", "tool", "conf_file",
+            "bound_services")},
+    }

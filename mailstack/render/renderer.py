@@ -1,0 +1,125 @@
+"""Templates → the exact config files of each host.
+
+One renderer: the roles only place these files, validate them with the daemons and reload.
+The output is deterministic (same site, same bytes) so it can be diffed, golden-tested and
+checked before a deploy. Decisions live in context.py, so templates read like the files they
+produce.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import jinja2
+import yaml
+
+from mailstack.files import write_atomic
+from mailstack.host import storage_tool
+from mailstack.render.context import build_context, host_vars
+from mailstack.resources import resource_dir
+from mailstack.site.config import SiteConfig
+from mailstack.site.directory import Site
+from mailstack.site.inventory import InventoryHost, select_hosts
+
+HOST_VARS_FILE = "mailstack_vars.yml"
+STORAGE_TOOL_FILE = PurePosixPath(storage_tool.PATH.lstrip("/"))
+
+# Files that carry a password, a hash or a private key: 0600 wherever mailstack writes them.
+SECRET_FILES = {
+    "etc/postfix/mysql/virtual_domains.cf",
+    "etc/postfix/mysql/virtual_mailboxes.cf",
+    "etc/postfix/mysql/virtual_aliases.cf",
+    "etc/postfix/mysql/sender_login.cf",
+    "etc/postfix/sasl_passwd",
+    "etc/dovecot/dovecot-sql.conf.ext",
+    "etc/mailstack/db-users.sql",
+    "etc/mailstack/accounts.sql",
+}
+
+
+@dataclass(frozen=True)
+class RenderedFile:
+    path: PurePosixPath  # relative to the host's root, e.g. etc/postfix/main.cf
+    content: str
+    secret: bool
+
+    @property
+    def mode(self) -> int:
+        return 0o600 if self.secret else 0o644
+
+
+def sql_literal(value: Any) -> str:
+    """A MariaDB string literal (NO_BACKSLASH_ESCAPES off, the default)."""
+    text = str(value)
+    return "'" + text.replace("\\", "\\\\").replace("'", "''").replace("\0", "\\0") + "'"
+
+
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(resource_dir("templates"))),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    env.filters["sql"] = sql_literal
+    return env
+
+
+
+def _host_vars_file(context: dict[str, Any]) -> RenderedFile:
+    header = (f"# {context['managed_header']}\n"
+              "# Facts of this host that the roles share with the rendered files; site.yml "
+              "loads them.\n")
+    body = yaml.safe_dump(host_vars(context), sort_keys=True, default_flow_style=False)
+    return RenderedFile(PurePosixPath(HOST_VARS_FILE), header + body, False)
+
+
+def render_host(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> list[RenderedFile]:
+    context = build_context(cfg, secrets, host)
+    env = environment()
+    files = [_host_vars_file(context),
+             RenderedFile(STORAGE_TOOL_FILE, Path(storage_tool.__file__).read_text(), False)]
+    for name in sorted(env.list_templates(filter_func=lambda n: n.endswith(".j2"))):
+        target = PurePosixPath(name.removesuffix(".j2"))
+        if str(target) == "etc/postfix/sasl_passwd" and context["mail"]["relay"] is None:
+            continue
+        content = env.get_template(name).render(context)
+        files.append(RenderedFile(target, content, str(target) in SECRET_FILES))
+    for key in context["dkim"]["signing_keys"]:
+        pem = secrets.dkim[key["domain"]]["private_key"]
+        files.append(RenderedFile(PurePosixPath(key["key_file"].lstrip("/")), pem, True))
+    return files
+
+
+def render_site(site: Site, only_host: str | None = None) -> dict[str, list[RenderedFile]]:
+    """Rendered files per inventory host. A DKIM key missing for a domain declared by hand
+    is generated and saved first (existing keys are never replaced)."""
+    cfg = site.config
+    hosts = select_hosts(site.root, site.inventory, only_host)
+    missing = [d for d in cfg.domains if d not in site.secrets.dkim]
+    if missing or not site.secrets.site.get("verify_password_hash"):
+        site.secrets.ensure(cfg.domains)
+        site.secrets.save()
+    return {h.name: render_host(cfg, site.secrets, h) for h in hosts}
+
+
+def write_tree(files: list[RenderedFile], out: Path) -> None:
+    """Replace ``out`` with exactly these files (no stale leftovers), secrets 0600."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for f in files:
+            write_atomic(staging / f.path, f.content, mode=f.mode)
+        staging.chmod(0o700)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -1,0 +1,316 @@
+"""The desired state of a site (``mailstack.yml``): typed model and validation.
+
+Validation reports *every* problem at once, each naming the field path, the line, the bad
+value and the fix. Unknown keys are errors (a typo must never be silently ignored). The file
+itself is read and written by document.py.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+
+from mailstack.errors import ConfigError
+from mailstack.site.names import address_problem, domain_problem, normalize_address
+
+CONFIG_FILE = "mailstack.yml"
+RESERVED_LOCAL_PART = "mailstack-verify"  # the mailbox `mailstack verify` uses
+
+_SIZE = re.compile(r"^(\d+)\s*([kmg]?)b?$", re.IGNORECASE)
+_DURATION = re.compile(r"^\d+[smhdw]$")
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def _size(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("must be a size like 50M or 2G")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+    match = _SIZE.match(str(value).strip())
+    if not match:
+        raise ValueError("must be a size like 50M, 2G or a number of bytes")
+    return int(match.group(1)) * _UNITS[match.group(2).lower()]
+
+
+def _duration(value: Any) -> str:
+    text = str(value).strip()
+    if not _DURATION.match(text):
+        raise ValueError("must be a duration like 30m, 4h or 5d (s, m, h, d or w)")
+    return text
+
+
+def _address(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be a mail address like name@example.org")
+    value = normalize_address(value)
+    problem = address_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def _domain(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be a domain like example.org")
+    value = value.strip().lower().rstrip(".")
+    problem = domain_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def _destinations(value: Any) -> list[str]:
+    """An alias points at one address or a list of them."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items:
+        raise ValueError("must be an address or a non-empty list of addresses")
+    result = []
+    for item in items:
+        result.append(_address(item))
+    return result
+
+
+Size = Annotated[int, BeforeValidator(_size)]
+Duration = Annotated[str, BeforeValidator(_duration)]
+Address = Annotated[str, BeforeValidator(_address)]
+Domain = Annotated[str, BeforeValidator(_domain)]
+Destinations = Annotated[list[str], BeforeValidator(_destinations)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Relay(_Strict):
+    """Send outgoing mail through a smarthost instead of directly (ports 25 blocked, SES …)."""
+
+    host: str = Field(pattern=r"^(\[[A-Za-z0-9.-]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$")
+    username: str = Field(min_length=1)
+
+
+class Queue(_Strict):
+    delay_warning_time: Duration = "4h"
+    maximal_queue_lifetime: Duration = "5d"
+    bounce_queue_lifetime: Duration = "5d"
+
+
+class Storage(_Strict):
+    encryption: Literal["gocryptfs", "encfs", "none"] = "gocryptfs"
+
+
+class Options(_Strict):
+    message_size_limit: Size = 50 * 1024**2
+    relay: Relay | None = None
+    queue: Queue = Queue()
+    storage: Storage = Storage()
+
+
+class User(_Strict):
+    address: Address
+    quota: Size = 0
+
+
+class SiteConfig(_Strict):
+    hostname: Domain
+    admin_email: Address
+    domains: list[Domain] = Field(min_length=1)
+    users: list[User] = []
+    aliases: dict[Address, Destinations] = {}
+    options: Options = Options()
+
+    @property
+    def primary_domain(self) -> str:
+        return self.domains[0]
+
+    def mailbox(self, address: str) -> User | None:
+        return next((u for u in self.users if u.address == address), None)
+
+
+# --- validation across fields ----------------------------------------------------------
+
+
+def semantic_problems(cfg: SiteConfig) -> list[tuple[tuple[Any, ...], str]]:
+    """Rules that span fields: duplicates, undeclared domains, dangling aliases, loops."""
+    problems: list[tuple[tuple[Any, ...], str]] = []
+    domains = set(cfg.domains)
+    seen: set[str] = set()
+    for i, domain in enumerate(cfg.domains):
+        if domain in seen:
+            problems.append((("domains", i), f"{domain!r} is listed twice; remove one"))
+        seen.add(domain)
+
+    mailboxes: set[str] = set()
+    for i, user in enumerate(cfg.users):
+        path = ("users", i, "address")
+        if user.address in mailboxes:
+            problems.append((path, f"{user.address!r} is declared twice; remove one"))
+        mailboxes.add(user.address)
+        domain = user.address.split("@")[1]
+        if domain not in domains:
+            problems.append(
+                (path, f"{user.address!r}: domain {domain!r} is not declared; add it to "
+                       f"domains (mailstack domain add {domain})")
+            )
+
+    for i, user in enumerate(cfg.users):
+        if user.address.split("@")[0] == RESERVED_LOCAL_PART:
+            problems.append((("users", i, "address"),
+                             f"{RESERVED_LOCAL_PART!r} is reserved for `mailstack verify`; "
+                             "choose another name"))
+    for source, destinations in cfg.aliases.items():
+        path = ("aliases", source)
+        if source.split("@")[0] == RESERVED_LOCAL_PART:
+            problems.append((path, f"{RESERVED_LOCAL_PART!r} is reserved for `mailstack "
+                                   "verify`; choose another name"))
+        domain = source.split("@")[1]
+        if domain not in domains:
+            problems.append(
+                (path, f"alias {source!r}: domain {domain!r} is not declared; add it to "
+                       f"domains (mailstack domain add {domain})")
+            )
+        if source in mailboxes:
+            problems.append(
+                (path, f"alias {source!r} is also a mailbox; mail would never reach the "
+                       "mailbox. Remove the alias or the user")
+            )
+        for dest in destinations:
+            local = dest.split("@")[1] in domains
+            if local and dest not in mailboxes and dest not in cfg.aliases:
+                problems.append(
+                    (path, f"alias {source!r} points to {dest!r}, which is neither a mailbox "
+                           "nor an alias; add the user first (mailstack user add)")
+                )
+    problems.extend(_alias_loops(cfg.aliases))
+    return problems
+
+
+def _alias_loops(aliases: dict[str, list[str]]) -> list[tuple[tuple[Any, ...], str]]:
+    """Every cycle in the alias graph, reported once at its smallest member."""
+    problems = []
+    reported: set[frozenset[str]] = set()
+    for start in sorted(aliases):
+        stack = [(start, [start])]
+        while stack:
+            node, trail = stack.pop()
+            for dest in aliases.get(node, []):
+                if dest == start:
+                    cycle = frozenset(trail)
+                    if cycle not in reported:
+                        reported.add(cycle)
+                        loop = " -> ".join([*trail, start])
+                        problems.append(
+                            (("aliases", start), f"alias loop {loop}; mail would bounce "
+                                                 "forever. Remove one of these aliases")
+                        )
+                elif dest in aliases and dest not in trail:
+                    stack.append((dest, [*trail, dest]))
+    return problems
+
+
+# --- validation with field paths and line numbers -----------------------------------------
+
+
+def validate(data: CommentedMap, path: Path, *, with_lines: bool = True) -> SiteConfig:
+    lines = data if with_lines else CommentedMap()
+    try:
+        model = SiteConfig.model_validate(_plain(data))
+    except ValidationError as exc:
+        details = [_describe(err, lines) for err in exc.errors()]
+        raise ConfigError(f"{path.name} is invalid ({len(details)} problem(s)):", details=details) from None
+    problems = semantic_problems(model)
+    if problems:
+        details = [f"{_path_str(p)}{_line(lines, p)}: {msg}" for p, msg in problems]
+        raise ConfigError(f"{path.name} is invalid ({len(details)} problem(s)):", details=details)
+    return model
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _model_at(path: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model class that owns the mapping at ``path`` (to suggest the right key)."""
+    model: Any = SiteConfig
+    for part in path:
+        if isinstance(part, int) or model is None:
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        annotation = field.annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        model = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
+        if model is None:
+            # list[User] and friends
+            for c in candidates:
+                for inner in getattr(c, "__args__", ()):
+                    if isinstance(inner, type) and issubclass(inner, BaseModel):
+                        model = inner
+    return model
+
+
+def _describe(err: dict[str, Any], data: CommentedMap) -> str:
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    kind = err["type"]
+    where = _path_str(loc) + _line(data, loc)
+    if kind == "extra_forbidden":
+        key = loc[-1]
+        owner = _model_at(loc[:-1])
+        known = sorted(owner.model_fields) if owner else []
+        hint = difflib.get_close_matches(str(key), known, n=1)
+        fix = f"did you mean {hint[0]!r}?" if hint else f"known keys here: {', '.join(known)}"
+        return f"{where}: unknown key {key!r}; {fix}"
+    if kind == "missing":
+        return f"{where}: is required; add it"
+    message = err["msg"].removeprefix("Value error, ")
+    if kind == "string_pattern_mismatch" and loc[-1] == "host":
+        message = "must look like [smtp.example.com]:587"
+    if kind == "too_short" and loc and loc[-1] == "domains":
+        message = "must list at least one domain"
+    if kind == "literal_error":
+        message = message.replace("Input should be", "must be")
+    return f"{where}: {message} (got {err.get('input')!r})"
+
+
+def _path_str(path: tuple[Any, ...]) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif "@" in str(part) or "." in str(part):
+            out += f"[{part!r}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _line(data: CommentedMap, path: tuple[Any, ...]) -> str:
+    """' (line N)' for the deepest part of ``path`` that the document has."""
+    node: Any = data
+    line = None
+    for part in path:
+        try:
+            if isinstance(node, CommentedMap) and part in node:
+                line = node.lc.key(part)[0]
+                node = node[part]
+            elif isinstance(node, CommentedSeq) and isinstance(part, int) and part < len(node):
+                line = node.lc.item(part)[0]
+                node = node[part]
+            else:
+                break
+        except (KeyError, TypeError, AttributeError):
+            break
+    return f" (line {line + 1})" if line is not None else ""

@@ -1,0 +1,221 @@
+"""A site: the directory a user owns (a git repo) holding desired state, inventory and
+secrets. ``init_site`` writes a new one; ``Site`` opens an existing one."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from mailstack.errors import ConfigError, MailstackError
+from mailstack.files import write_atomic
+from mailstack.site.config import CONFIG_FILE
+from mailstack.site.document import ConfigDocument
+from mailstack.site.inventory import (
+    DEFAULT_INVENTORY,
+    write_inventory,
+)
+from mailstack.site.names import address_problem, domain_problem, host_problem
+from mailstack.site.secrets import SECRETS_DIR, Secrets
+from mailstack.site.vault import VAULT_PASSWORD_FILE, Vault, new_password, password_file
+
+KNOWN_HOSTS_FILE = "known_hosts"
+GITIGNORE = """\
+# The vault password unlocks every secret: never commit it. Back it up somewhere safe.
+/.vault-password
+# Rendered files hold secrets in clear text; they are rebuilt by `mailstack render`.
+/build/
+"""
+
+
+class Site:
+    """An existing site directory."""
+
+    def __init__(
+        self, root: Path, *, vault_password_file: Path | None = None,
+        inventory: str = DEFAULT_INVENTORY,
+    ) -> None:
+        self.root = Path(root)
+        self.inventory = inventory
+        self.vault = Vault(password_file(self.root, vault_password_file))
+        if not (self.root / CONFIG_FILE).exists():
+            raise MailstackError(
+                f"{self.root.resolve()} is not a mailstack site (no {CONFIG_FILE}); cd into "
+                "your site, pass --site DIR, or create one with `mailstack init DIR`"
+            )
+
+    @cached_property
+    def doc(self) -> ConfigDocument:
+        return ConfigDocument.load(self.root / CONFIG_FILE)
+
+    @property
+    def config(self):  # -> SiteConfig
+        return self.doc.model
+
+    @cached_property
+    def secrets(self) -> Secrets:
+        return Secrets.load(self.root, self.vault)
+
+    @property
+    def known_hosts(self) -> Path:
+        """The SSH host keys of the site's servers, pinned at first contact (deploy/ssh.py)."""
+        return self.root.resolve() / KNOWN_HOSTS_FILE
+
+    def save_config(self) -> None:
+        write_atomic(self.doc.path, self.doc.dumps(), mode=0o644)
+
+
+@dataclass(frozen=True)
+class InitOptions:
+    domain: str
+    hostname: str
+    host: str
+    ssh_user: str = "root"
+    ssh_port: int = 22
+    ssh_key: str | None = None
+    admin_email: str | None = None
+
+
+def check_init_options(opts: InitOptions) -> InitOptions:
+    """Every problem with the init flags at once, each naming its flag."""
+    domain = opts.domain.strip().lower().rstrip(".")
+    hostname = opts.hostname.strip().lower().rstrip(".")
+    admin = (opts.admin_email or f"postmaster@{domain}").strip().lower()
+    problems = []
+    if p := domain_problem(domain):
+        problems.append(f"--domain {opts.domain!r}: {p}")
+    if p := domain_problem(hostname):
+        problems.append(f"--hostname {opts.hostname!r}: {p} (the server's full name, like "
+                        f"mail.{domain or 'example.org'})")
+    if p := host_problem(opts.host.strip()):
+        problems.append(f"--host {opts.host!r}: {p}")
+    if not 1 <= opts.ssh_port <= 65535:
+        problems.append(f"--ssh-port {opts.ssh_port}: must be between 1 and 65535")
+    if not opts.ssh_user or any(c.isspace() for c in opts.ssh_user):
+        problems.append(f"--ssh-user {opts.ssh_user!r}: must be a user name without spaces")
+    if opts.ssh_key and not Path(opts.ssh_key).expanduser().is_file():
+        problems.append(f"--ssh-key {opts.ssh_key!r}: no such file; give the private key "
+                        "that logs in to the host")
+    if p := address_problem(admin):
+        problems.append(f"--admin-email {admin!r}: {p}")
+    if problems:
+        raise ConfigError("cannot create the site:", details=problems)
+    key = str(Path(opts.ssh_key).expanduser().resolve()) if opts.ssh_key else None
+    return InitOptions(domain, hostname, opts.host.strip(), opts.ssh_user, opts.ssh_port, key,
+                       admin)
+
+
+def config_document(opts: InitOptions) -> str:
+    return f"""\
+# mailstack site: the desired state of your mail server.
+# Edit it by hand or with `mailstack user|alias|domain …`, then run `mailstack deploy`.
+# Every key is checked: a typo is an error, never silently ignored.
+
+# The server's fully qualified host name. Needs an A (and AAAA) record, and the provider's
+# reverse DNS (PTR) should point back to it: `mailstack dns` lists the records.
+hostname: {opts.hostname}
+
+# Where delivery problems and reports go. Can be outside the domains below.
+admin_email: {opts.admin_email}
+
+# The mail domains this server receives for. The first one is the primary domain.
+# Each domain gets its own DKIM key (in secrets/dkim.yml) when it is added.
+domains:
+  - {opts.domain}
+
+# Mailboxes: `mailstack user add name@{opts.domain}`. Passwords are never stored here: only
+# their Argon2id hashes, encrypted in secrets/accounts.yml.
+#   - address: alice@{opts.domain}
+#     quota: 2G          # optional; 0 or absent = unlimited
+users: []
+
+# Aliases: an address that forwards to one or more addresses (local or outside).
+# `mailstack alias add postmaster@{opts.domain} alice@{opts.domain}`
+#   postmaster@{opts.domain}: alice@{opts.domain}
+#   team@{opts.domain}: [alice@{opts.domain}, bob@{opts.domain}]
+aliases: {{}}
+
+options:
+  # Largest message accepted, in bytes or with K/M/G.
+  message_size_limit: 50M
+
+  # Send outgoing mail through a relay host (smarthost) instead of directly, e.g. when the
+  # provider blocks port 25 outbound. Its password goes into the secrets:
+  # `mailstack relay set [smtp.example.com]:587 USERNAME`.
+  relay: null
+
+  # How long Postfix retries a message it cannot deliver yet: warn the sender after
+  # delay_warning_time, give up (bounce) after maximal_queue_lifetime.
+  queue:
+    delay_warning_time: 4h
+    maximal_queue_lifetime: 5d
+    bounce_queue_lifetime: 5d
+
+  # Mail at rest: gocryptfs (default), encfs (weaker, legacy), or none (only if the disk is
+  # encrypted another way). The passphrase is in secrets/site.yml and never rests on the server.
+  storage:
+    encryption: gocryptfs
+"""
+
+
+def init_site(
+    target: Path, opts: InitOptions, *, vault_password_file: Path | None = None
+) -> Path:
+    """Create a complete site directory at ``target``, or nothing at all.
+
+    Everything is written into a temporary sibling directory that is renamed into place at
+    the end, so an error (or Ctrl-C) never leaves half a site behind.
+    """
+    opts = check_init_options(opts)
+    target = Path(target)
+    if (target / CONFIG_FILE).exists():
+        raise MailstackError(
+            f"{target} is already a mailstack site; refusing to touch it. Use the day-2 "
+            "commands (`mailstack user add …`) to change it, or choose another directory"
+        )
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise MailstackError(
+            f"{target} exists and is not empty; refusing to write a site into it. Choose a "
+            "new directory name"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.init-", dir=target.parent))
+    try:
+        _write_site(staging, opts, vault_password_file)
+        if target.exists():
+            target.rmdir()
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def _write_site(root: Path, opts: InitOptions, vault_password_file: Path | None) -> None:
+    root.chmod(0o755)
+    if vault_password_file is None and not _env_vault_file():
+        write_atomic(root / VAULT_PASSWORD_FILE, new_password() + "\n", mode=0o600)
+    vault = Vault(password_file(root, vault_password_file))
+    write_atomic(root / CONFIG_FILE, config_document(opts))
+    write_atomic(root / ".gitignore", GITIGNORE)
+    write_inventory(root, opts.hostname, opts.host, opts.ssh_user, opts.ssh_port, opts.ssh_key)
+    (root / SECRETS_DIR).mkdir(mode=0o700)
+    secrets = Secrets(vault=vault, root=root)
+    secrets.ensure([opts.domain])
+    secrets.save()
+    # Prove the model accepts what we just wrote (a bug here must not ship a broken site).
+    ConfigDocument.load(root / CONFIG_FILE)
+    if shutil.which("git"):
+        subprocess.run(["git", "init", "-q", str(root)], check=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _env_vault_file() -> bool:
+    import os
+
+    from mailstack.site.vault import ENV_VAULT_PASSWORD_FILE
+
+    return bool(os.environ.get(ENV_VAULT_PASSWORD_FILE))

@@ -1,0 +1,78 @@
+"""``mailstack.yml`` on disk: read and written in ruamel's round-trip form, so that edits by
+``mailstack user add …`` keep the user's comments and layout, and validated (config.py) on
+load and before every write."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap
+from ruamel.yaml.error import MarkedYAMLError
+
+from mailstack.errors import ConfigError, MailstackError
+from mailstack.site.config import SiteConfig, validate
+
+
+def yaml_rt() -> YAML:
+    yaml = YAML()  # round-trip: keeps comments, order and layout
+    yaml.indent(mapping=2, sequence=4, offset=2)
+    yaml.width = 100
+    # Keep `relay: null` readable instead of ruamel's bare `relay:`.
+    yaml.representer.add_representer(
+        type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null")
+    )
+    return yaml
+
+
+class ConfigDocument:
+    """``mailstack.yml`` as the user wrote it (comments included) plus its validated model."""
+
+    def __init__(self, path: Path, data: CommentedMap) -> None:
+        self.path = path
+        self.data = data
+        self.model: SiteConfig = validate(data, path)
+
+    @classmethod
+    def load(cls, path: Path) -> ConfigDocument:
+        return cls(path, load_yaml(path))
+
+    def revalidate(self) -> None:
+        """Validate the edited document before it is written; a refused change raises
+        MailstackError (exit 1) naming every rule it would break, and writes nothing."""
+        try:
+            self.model = validate(self.data, self.path, with_lines=False)
+        except ConfigError as exc:
+            raise MailstackError("refused: the change would break the site:",
+                                 details=exc.details) from None
+
+    def dumps(self) -> str:
+        stream = io.StringIO()
+        yaml_rt().dump(self.data, stream)
+        return stream.getvalue()
+
+
+def load_yaml(path: Path) -> CommentedMap:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path} not found: run mailstack inside a site directory, pass --site DIR, "
+            "or create a site with `mailstack init DIR`"
+        ) from None
+    try:
+        data = yaml_rt().load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown place"
+        if exc.context_mark and mark and exc.context_mark.line != mark.line:
+            where += f"; {exc.context} on line {exc.context_mark.line + 1}"
+        raise ConfigError(
+            f"{path.name} is not valid YAML ({where}): {exc.problem}; fix the syntax there"
+        ) from None
+    if data is None:
+        data = CommentedMap()
+    if not isinstance(data, CommentedMap):
+        raise ConfigError(f"{path.name} must be a mapping of keys (hostname:, domains:, …)")
+    return data

@@ -1,0 +1,96 @@
+"""The round trip of `mailstack verify`: the verification mailbox submits a message on 587
+and on 465, reads each back over IMAPS, checks its DKIM signature, and deletes it."""
+
+from __future__ import annotations
+
+import imaplib
+import ssl
+import time
+import uuid
+from contextlib import suppress
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+from typing import TYPE_CHECKING
+
+from mailstack.verify.clients import imaps, smtp
+from mailstack.verify.dkim import check_signature
+from mailstack.verify.probes import Target
+
+if TYPE_CHECKING:
+    from mailstack.verify.run import Recorder
+
+DELIVERY_WAIT = 60.0
+
+
+def message(t: Target, token: str) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = t.user
+    msg["To"] = t.user
+    msg["Subject"] = f"mailstack verify {token}"
+    msg["Date"] = formatdate(localtime=False)
+    msg["Message-ID"] = make_msgid(domain=t.domain)
+    msg.set_content(f"Round trip check {token}.\nIf you can read this, delete it.\n")
+    return msg
+
+
+def submit(t: Target, port: int, token: str) -> tuple[bool, str]:
+    tls = "starttls" if port == 587 else "implicit"
+    with smtp(t.address, port, tls=tls) as s:
+        s.login(t.user, t.password)
+        refused = s.send_message(message(t, token))
+        return not refused, f"accepted for delivery ({tls})"
+
+
+def take_message(imap: imaplib.IMAP4_SSL, token: str) -> bytes | None:
+    """The message whose subject carries token, marked deleted; None if not (yet) there."""
+    imap.select("INBOX")
+    _, data = imap.search(None, "SUBJECT", f'"{token}"')
+    ids = data[0].split() if data and data[0] else []
+    if not ids:
+        return None
+    _, fetched = imap.fetch(ids[0], "(BODY.PEEK[])")
+    raw = fetched[0][1] if fetched and isinstance(fetched[0], tuple) else None
+    for msg_id in ids:
+        imap.store(msg_id, "+FLAGS", "\\Deleted")
+    return raw
+
+
+def wait_for(imap: imaplib.IMAP4_SSL, token: str) -> bytes | None:
+    deadline = time.monotonic() + DELIVERY_WAIT
+    while time.monotonic() < deadline:
+        raw = take_message(imap, token)
+        if raw is not None:
+            return raw
+        time.sleep(0.5)
+    return None
+
+
+def round_trip(t: Target, rec: Recorder) -> None:
+    tokens = {587: uuid.uuid4().hex, 465: uuid.uuid4().hex}
+    submitted = {p: rec.attempt(f"submission on {p} (AUTH as {t.user})",
+                                lambda p=p: submit(t, p, tokens[p])) for p in tokens}
+    try:
+        imap = imaps(t.address)
+    except (OSError, ssl.SSLError) as exc:
+        rec.record("IMAPS login", False, str(exc))
+        return
+    try:
+        imap.login(t.user, t.password)
+        rec.record("IMAPS login", True, f"as {t.user}")
+        for port, token in tokens.items():
+            if not submitted[port]:
+                continue
+            raw = wait_for(imap, token)
+            if raw is None:
+                rec.record(f"message from {port} delivered to IMAP", False,
+                           f"not in INBOX after {DELIVERY_WAIT:.0f} s (see the mail log)")
+                continue
+            rec.record(f"message from {port} delivered to IMAP", True, "found in INBOX")
+            rec.attempt(f"message from {port} DKIM-signed and valid",
+                        lambda raw=raw: check_signature(raw, t.dkim_keys))
+        imap.expunge()
+    except imaplib.IMAP4.error as exc:
+        rec.record("IMAPS login", False, str(exc))
+    finally:
+        with suppress(OSError, imaplib.IMAP4.error):
+            imap.logout()

@@ -1,0 +1,64 @@
+"""`mailstack verify`: prove from outside, with real protocol clients, that each host
+receives, refuses, stores, serves and signs mail as it should.
+
+Only the site's own hosts are contacted. Relay probes stop at RCPT and never send DATA, so
+even a misconfigured (open) server is never made to send mail elsewhere.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import smtplib
+import ssl
+
+from mailstack.render.context import verify_address
+from mailstack.site.directory import Site
+from mailstack.site.inventory import InventoryHost, select_hosts
+from mailstack.verify import probes
+from mailstack.verify.probes import Probe, Target
+from mailstack.verify.report import Check
+from mailstack.verify.roundtrip import round_trip
+
+
+class Recorder:
+    """Runs probes against one host and keeps their outcome; a network or protocol error is
+    a failed check with the error as its detail."""
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self.results: list[Check] = []
+
+    def record(self, name: str, passed: bool, detail: str) -> bool:
+        self.results.append(Check(self.host, name, passed, detail))
+        return passed
+
+    def attempt(self, name: str, probe: Probe) -> bool:
+        try:
+            passed, detail = probe()
+        except (OSError, smtplib.SMTPException, imaplib.IMAP4.error, ssl.SSLError) as exc:
+            passed, detail = False, f"{type(exc).__name__}: {exc}"
+        return self.record(name, passed, detail)
+
+
+def target(site: Site, host: InventoryHost) -> Target:
+    cfg = site.config
+    return Target(host=host.name, address=host.address, user=verify_address(cfg),
+                  password=site.secrets.site["verify_password"], domain=cfg.primary_domain,
+                  dkim_keys=site.secrets.dkim)
+
+
+def probe_host(t: Target) -> list[Check]:
+    rec = Recorder(t.host)
+    for name, probe in [*probes.listening(t), *probes.authentication(t), *probes.refusals(t)]:
+        rec.attempt(name, probe)
+    round_trip(t, rec)
+    # Last: a failed login makes Dovecot delay this client's next logins (auth penalty).
+    rec.attempt("wrong password refused", lambda: probes.wrong_password_refused(t))
+    return rec.results
+
+
+def verify(site: Site, only_host: str | None = None) -> list[Check]:
+    results: list[Check] = []
+    for host in select_hosts(site.root, site.inventory, only_host):
+        results.extend(probe_host(target(site, host)))
+    return results
