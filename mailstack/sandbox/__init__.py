@@ -1,3 +1,3 @@
 """`mailstack sandbox`: a local Debian host (a systemd container reached over SSH, like a VPS)
-to try mailstack on, without a server. docker.py runs the engine and the containers,
-image.py builds the base image, host.py is the sandbox host, site.py the site for it."""
+to try mailstack on, without a server. engine.py runs Docker, containers.py the hosts, image.py
+builds the base image, host.py is the sandbox host and site.py the site pointing at it."""

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mailstack.deploy.ssh import ssh_argv
-from mailstack.sandbox import docker
-from mailstack.sandbox.docker import SandboxError
+from mailstack.sandbox import containers, engine
+from mailstack.sandbox.engine import SandboxError
 from mailstack.sandbox.image import base_image
 
 CONTAINER = "mailstack-sandbox"
@@ -50,9 +50,9 @@ def default_state_dir() -> Path:
 
 def _ensure_ssh_client() -> None:
     """ssh-keygen and ssh are needed on the controller; install openssh-client if missing."""
-    if docker.which("ssh-keygen") and docker.which("ssh"):
+    if engine.which("ssh-keygen") and engine.which("ssh"):
         return
-    docker.apt_install(["openssh-client"], "ssh/ssh-keygen not installed")
+    engine.apt_install(["openssh-client"], "ssh/ssh-keygen not installed")
 
 
 def ensure_keypair(state_dir: Path) -> Path:
@@ -69,7 +69,7 @@ def ensure_keypair(state_dir: Path) -> Path:
     proc = subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "mailstack-sandbox",
                            "-f", str(key)], capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if proc.returncode != 0:
-        raise SandboxError(f"ssh-keygen failed: {docker.last_line(proc.stderr)}; "
+        raise SandboxError(f"ssh-keygen failed: {engine.last_line(proc.stderr)}; "
                            f"check that {state_dir} is writable")
     key.chmod(0o600)
     return key
@@ -81,7 +81,7 @@ def _prove_ssh(info: SandboxInfo) -> None:
                           stdin=subprocess.DEVNULL, timeout=SSH_TIMEOUT)
     if proc.returncode != 0:
         raise SandboxError(f"ssh root@{info.ip} failed (exit {proc.returncode}): "
-                           f"{docker.last_line(proc.stderr)}; "
+                           f"{engine.last_line(proc.stderr)}; "
                            "try `mailstack sandbox down`, then `mailstack sandbox up`")
 
 
@@ -92,21 +92,21 @@ def sandbox_up(state_dir: Path | None = None) -> SandboxInfo:
     a stopped one (e.g. after a reboot) is started again rather than recreated.
     """
     state_dir = state_dir or default_state_dir()
-    docker.ensure_engine()
+    engine.ensure_engine()
     image = base_image()
     key = ensure_keypair(state_dir)
     pubkey = key.with_name(KEY_NAME + ".pub").read_text()
-    docker.ensure_network(NETWORK)
-    if docker.container_running(CONTAINER) is None:
-        docker.log(f"starting sandbox {CONTAINER} ({HOSTNAME}) from {image}")
-        host = docker.start_host(CONTAINER, image, hostname=HOSTNAME, network=NETWORK,
+    containers.ensure_network(NETWORK)
+    if containers.container_running(CONTAINER) is None:
+        engine.log(f"starting sandbox {CONTAINER} ({HOSTNAME}) from {image}")
+        host = containers.start_host(CONTAINER, image, hostname=HOSTNAME, network=NETWORK,
                                  ssh_pubkey=pubkey, labels={SANDBOX_LABEL: "1"})
     else:
-        host = docker.resume_host(CONTAINER, network=NETWORK)
-        docker.install_pubkey(CONTAINER, pubkey)  # the key may have been recreated since
+        host = containers.resume_host(CONTAINER, network=NETWORK)
+        containers.install_pubkey(CONTAINER, pubkey)  # the key may have been recreated since
     info = SandboxInfo(container=CONTAINER, ip=host.ip, ssh_user=SSH_USER, ssh_key=key,
                        hostname=HOSTNAME)
-    docker.wait_for_port(host.ip, SSH_PORT, SSH_TIMEOUT)
+    containers.wait_for_port(host.ip, SSH_PORT, SSH_TIMEOUT)
     _prove_ssh(info)
     return info
 
@@ -116,11 +116,11 @@ def sandbox_down() -> bool:
 
     The SSH key is kept so a later sandbox_up reuses it.
     """
-    if not docker.which("docker") or not docker.which("dockerd"):
+    if not engine.which("docker") or not engine.which("dockerd"):
         return False  # no engine installed: there cannot be a sandbox
-    docker.ensure_engine()  # containers survive a stopped engine; start it to remove them
-    removed = docker.remove_host(CONTAINER)
-    removed = docker.remove_network(NETWORK) or removed
+    engine.ensure_engine()  # containers survive a stopped engine; start it to remove them
+    removed = containers.remove_host(CONTAINER)
+    removed = containers.remove_network(NETWORK) or removed
     return removed
 
 
@@ -129,10 +129,10 @@ def sandbox_status(state_dir: Path | None = None) -> SandboxInfo | None:
 
     Never starts the engine or anything else: a status query must be side-effect free.
     """
-    if not docker.engine_answers() or not docker.container_running(CONTAINER):
+    if not engine.engine_answers() or not containers.container_running(CONTAINER):
         return None
     try:
-        ip = docker.container_ip(CONTAINER, NETWORK)
+        ip = containers.container_ip(CONTAINER, NETWORK)
     except SandboxError:
         return None
     key = (state_dir or default_state_dir()) / KEY_NAME

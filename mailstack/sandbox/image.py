@@ -13,11 +13,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mailstack.sandbox.docker import (
+from mailstack.sandbox.containers import SYSTEMD
+from mailstack.sandbox.engine import (
     ENGINE_LOG,
     MANAGED_LABEL,
     SBIN_PATH,
-    SYSTEMD,
     SandboxError,
     apt_install,
     build_lock,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mailstack.errors import MailstackError
-from mailstack.sandbox.docker import SandboxError
+from mailstack.sandbox.engine import SandboxError
 from mailstack.sandbox.host import SandboxInfo, sandbox_up
 from mailstack.site.config import CONFIG_FILE
 from mailstack.site.directory import KNOWN_HOSTS_FILE, InitOptions, init_site

@@ -15,25 +15,27 @@ import time
 from collections.abc import Sequence
 
 # The test bed's API: the sandbox's hosts and images, plus the stack image below.
-from mailstack.sandbox.docker import (
+from mailstack.sandbox.containers import (
     SYSTEMD,
     Host,
-    SandboxError,
-    build_lock,
     container_ip,
     container_running,
-    docker,
-    ensure_engine,
     ensure_network,
     exec_in,
-    image_exists,
-    log,
     remove_host,
     remove_network,
-    short_hash,
     start_host,
     wait_for_port,
     wait_for_systemd,
+)
+from mailstack.sandbox.engine import (
+    SandboxError,
+    build_lock,
+    docker,
+    ensure_engine,
+    image_exists,
+    log,
+    short_hash,
 )
 from mailstack.sandbox.image import FALLBACK_MIRROR, base_image, base_image_tag, debian_sources
 
