@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 
-from testbed import TestbedError, stack_image
+from testbed import SandboxError, stack_image
 
 ALIAS = "mailstack-stack:molecule"
 
@@ -24,7 +24,7 @@ def main() -> int:
         return 0  # the caller chose the image
     try:
         tag = stack_image()
-    except TestbedError as exc:
+    except SandboxError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     subprocess.run(["docker", "tag", tag, ALIAS], check=True)

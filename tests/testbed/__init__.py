@@ -40,13 +40,12 @@ from mailstack.sandbox.engine import (
 from mailstack.sandbox.image import FALLBACK_MIRROR, base_image, base_image_tag, debian_sources
 
 __all__ = [
-    "FALLBACK_MIRROR", "STACK_PACKAGES", "Host", "TestbedError", "base_image", "container_running",
+    "FALLBACK_MIRROR", "STACK_PACKAGES", "Host", "SandboxError", "base_image", "container_running",
     "debian_sources", "ensure_engine", "ensure_network", "exec_in", "remove_host",
     "remove_network", "restart_host", "role_packages", "stack_image", "start_host",
     "wait_for_port",
 ]
 
-TestbedError = SandboxError
 
 STACK_REPO = "mailstack-stack"
 STACK_RECIPE_VERSION = "mailstack-stack-3"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import testbed
-from testbed import TestbedError
+from testbed import SandboxError
 
 pytestmark = pytest.mark.testbed
 
@@ -122,17 +122,17 @@ def test_real_ssh_reaches_the_host(host: testbed.Host, keypair, tools) -> None:
 def test_exec_in(host: testbed.Host) -> None:
     assert testbed.exec_in(host.name, ["cat"], input="hello\n").stdout == "hello\n"
     assert testbed.exec_in(host.name, ["false"], check=False).returncode == 1
-    with pytest.raises(TestbedError, match="exit 1"):
+    with pytest.raises(SandboxError, match="exit 1"):
         testbed.exec_in(host.name, ["false"])
 
 
 def test_wait_for_port_times_out_with_a_clear_error(host: testbed.Host) -> None:
-    with pytest.raises(TestbedError, match=r":2 did not accept connections within 1 s"):
+    with pytest.raises(SandboxError, match=r":2 did not accept connections within 1 s"):
         testbed.wait_for_port(host.ip, 2, 1)
 
 
 def test_start_host_refuses_an_existing_name(host: testbed.Host, base: str) -> None:
-    with pytest.raises(TestbedError, match="already exists"):
+    with pytest.raises(SandboxError, match="already exists"):
         testbed.start_host(host.name, base, hostname="dup.testbed.test")
 
 
