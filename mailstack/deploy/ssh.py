@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mailstack.errors import MailstackError
+
 CONNECT_TIMEOUT = 10
 # Ansible reuses one connection for all tasks on a host (its default ssh_args, kept).
 CONNECTION_SHARING = ("-o", "ControlMaster=auto", "-o", "ControlPersist=60s")
@@ -27,7 +29,11 @@ def ssh_options(known_hosts: Path | None) -> list[str]:
 
 def ssh_argv(user: str, address: str, *, port: int = 22, key: str | Path | None = None,
              known_hosts: Path | None, remote: list[str]) -> list[str]:
-    """`ssh … user@address -- REMOTE` (REMOTE runs through the remote shell as given)."""
+    """`ssh … user@address -- REMOTE` (REMOTE runs through the remote shell as given).
+    Names are checked where they are read (site, inventory); this is the last line of defence:
+    ssh would take a destination starting with "-" as an option (-oProxyCommand=…)."""
+    if user.startswith("-") or address.startswith("-"):
+        raise MailstackError(f"refusing to run ssh: {user}@{address} would be read as an option")
     argv = ["ssh", *ssh_options(known_hosts), "-p", str(port)]
     if key:
         argv += ["-i", str(key), "-o", "IdentitiesOnly=yes"]

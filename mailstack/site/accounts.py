@@ -13,12 +13,19 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from mailstack.errors import MailstackError
 from mailstack.site.directory import Site
-from mailstack.site.names import address_problem, domain_problem, normalize_address
+from mailstack.site.names import (
+    address_problem,
+    control_problem,
+    domain_problem,
+    normalize_address,
+)
 from mailstack.site.passwords import check_password, hash_password
 from mailstack.site.secrets import new_dkim_key
 
 
 def _address(value: str, what: str = "address") -> str:
+    if problem := control_problem(value):
+        raise MailstackError(f"{what} {value!r} {problem}")
     address = normalize_address(value)
     problem = address_problem(address)
     if problem:
@@ -27,6 +34,8 @@ def _address(value: str, what: str = "address") -> str:
 
 
 def _domain(value: str) -> str:
+    if problem := control_problem(value):
+        raise MailstackError(f"domain {value!r} {problem}")
     domain = value.strip().lower().rstrip(".")
     problem = domain_problem(domain)
     if problem:

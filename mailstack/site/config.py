@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from mailstack.errors import ConfigError
@@ -21,9 +21,15 @@ from mailstack.site.names import address_problem, domain_problem, normalize_addr
 CONFIG_FILE = "mailstack.yml"
 RESERVED_LOCAL_PART = "mailstack-verify"  # the mailbox `mailstack verify` uses
 
-_SIZE = re.compile(r"^(\d+)\s*([kmg]?)b?$", re.IGNORECASE)
-_DURATION = re.compile(r"^\d+[smhdw]$")
+_SIZE = re.compile(r"(\d+)\s*([kmg]?)b?", re.IGNORECASE)
+_DURATION = re.compile(r"\d{1,6}[smhdw]")
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+_RELAY_USER = re.compile(r"[^\s:\x00-\x1f\x7f]{1,255}")
+_RELAY_HOST = re.compile(r"(\[[A-Za-z0-9.-]+\]|[A-Za-z0-9.-]+)(?::(\d{1,5}))?")
+# Dovecot reads quotas as signed 64-bit numbers (the column, BIGINT UNSIGNED, holds more).
+MAX_QUOTA = 2**63 - 1
+# Postfix's message_size_limit: 0 would mean "no limit"; past 1 GiB no peer accepts it anyway.
+MESSAGE_SIZE_RANGE = (64 * 1024, 1024**3)
 
 
 def _size(value: Any) -> int:
@@ -33,7 +39,7 @@ def _size(value: Any) -> int:
         if value < 0:
             raise ValueError("must not be negative")
         return value
-    match = _SIZE.match(str(value).strip())
+    match = _SIZE.fullmatch(str(value).strip())
     if not match:
         raise ValueError("must be a size like 50M, 2G or a number of bytes")
     return int(match.group(1)) * _UNITS[match.group(2).lower()]
@@ -41,7 +47,7 @@ def _size(value: Any) -> int:
 
 def _duration(value: Any) -> str:
     text = str(value).strip()
-    if not _DURATION.match(text):
+    if not _DURATION.fullmatch(text):
         raise ValueError("must be a duration like 30m, 4h or 5d (s, m, h, d or w)")
     return text
 
@@ -66,6 +72,35 @@ def _domain(value: Any) -> str:
     return value
 
 
+def _bounded(low: int, high: int, what: str):
+    """A size within what the daemons (and the database column) can hold."""
+    def check(value: int) -> int:
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high} bytes ({what})")
+        return value
+    return check
+
+
+def _relay_username(value: Any) -> str:
+    """It lands in sasl_passwd as `host user:password`: no space, colon or control character."""
+    if not isinstance(value, str) or not _RELAY_USER.fullmatch(value):
+        raise ValueError("must be a user name without spaces, colons or control characters")
+    return value
+
+
+def _relay_host(value: Any) -> str:
+    text = str(value)
+    match = _RELAY_HOST.fullmatch(text)
+    if not match:
+        raise ValueError("must look like [smtp.example.com]:587")
+    name = match.group(1).strip("[]")
+    if problem := domain_problem(name.lower()):
+        raise ValueError(f"has a host name that {problem}")
+    if match.group(2) and not 1 <= int(match.group(2)) <= 65535:
+        raise ValueError(f"port {match.group(2)} is not between 1 and 65535")
+    return text
+
+
 def _destinations(value: Any) -> list[str]:
     """An alias points at one address or a list of them."""
     items = [value] if isinstance(value, str) else value
@@ -77,7 +112,10 @@ def _destinations(value: Any) -> list[str]:
     return result
 
 
-Size = Annotated[int, BeforeValidator(_size)]
+Quota = Annotated[int, BeforeValidator(_size),
+                  AfterValidator(_bounded(0, MAX_QUOTA, "0 = unlimited; Dovecot's limit"))]
+MessageSize = Annotated[int, BeforeValidator(_size),
+                        AfterValidator(_bounded(*MESSAGE_SIZE_RANGE, "64K to 1G"))]
 Duration = Annotated[str, BeforeValidator(_duration)]
 Address = Annotated[str, BeforeValidator(_address)]
 Domain = Annotated[str, BeforeValidator(_domain)]
@@ -91,8 +129,8 @@ class _Strict(BaseModel):
 class Relay(_Strict):
     """Send outgoing mail through a smarthost instead of directly (ports 25 blocked, SES …)."""
 
-    host: str = Field(pattern=r"^(\[[A-Za-z0-9.-]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$")
-    username: str = Field(min_length=1)
+    host: Annotated[str, BeforeValidator(_relay_host)]
+    username: Annotated[str, BeforeValidator(_relay_username)]
 
 
 class Queue(_Strict):
@@ -106,7 +144,7 @@ class Storage(_Strict):
 
 
 class Options(_Strict):
-    message_size_limit: Size = 50 * 1024**2
+    message_size_limit: MessageSize = 50 * 1024**2
     relay: Relay | None = None
     queue: Queue = Queue()
     storage: Storage = Storage()
@@ -114,7 +152,7 @@ class Options(_Strict):
 
 class User(_Strict):
     address: Address
-    quota: Size = 0
+    quota: Quota = 0
 
 
 class SiteConfig(_Strict):
@@ -276,8 +314,6 @@ def _describe(err: dict[str, Any], data: CommentedMap) -> str:
     if kind == "missing":
         return f"{where}: is required; add it"
     message = err["msg"].removeprefix("Value error, ")
-    if kind == "string_pattern_mismatch" and loc[-1] == "host":
-        message = "must look like [smtp.example.com]:587"
     if kind == "too_short" and loc and loc[-1] == "domains":
         message = "must list at least one domain"
     if kind == "literal_error":

@@ -18,7 +18,13 @@ from mailstack.site.inventory import (
     DEFAULT_INVENTORY,
     write_inventory,
 )
-from mailstack.site.names import address_problem, domain_problem, host_problem
+from mailstack.site.names import (
+    address_problem,
+    control_problem,
+    domain_problem,
+    host_problem,
+    user_problem,
+)
 from mailstack.site.secrets import SECRETS_DIR, Secrets
 from mailstack.site.vault import VAULT_PASSWORD_FILE, Vault, new_password, password_file
 
@@ -81,6 +87,13 @@ class InitOptions:
 
 def check_init_options(opts: InitOptions) -> InitOptions:
     """Every problem with the init flags at once, each naming its flag."""
+    flags = {"--domain": opts.domain, "--hostname": opts.hostname, "--host": opts.host,
+             "--ssh-user": opts.ssh_user, "--ssh-key": opts.ssh_key or "",
+             "--admin-email": opts.admin_email or ""}
+    controls = [f"{flag} {value!r}: {p}" for flag, value in flags.items()
+                if (p := control_problem(value))]
+    if controls:
+        raise ConfigError("cannot create the site:", details=controls)
     domain = opts.domain.strip().lower().rstrip(".")
     hostname = opts.hostname.strip().lower().rstrip(".")
     admin = (opts.admin_email or f"postmaster@{domain}").strip().lower()
@@ -94,8 +107,8 @@ def check_init_options(opts: InitOptions) -> InitOptions:
         problems.append(f"--host {opts.host!r}: {p}")
     if not 1 <= opts.ssh_port <= 65535:
         problems.append(f"--ssh-port {opts.ssh_port}: must be between 1 and 65535")
-    if not opts.ssh_user or any(c.isspace() for c in opts.ssh_user):
-        problems.append(f"--ssh-user {opts.ssh_user!r}: must be a user name without spaces")
+    if p := user_problem(opts.ssh_user):
+        problems.append(f"--ssh-user {opts.ssh_user!r}: {p}")
     if opts.ssh_key and not Path(opts.ssh_key).expanduser().is_file():
         problems.append(f"--ssh-key {opts.ssh_key!r}: no such file; give the private key "
                         "that logs in to the host")

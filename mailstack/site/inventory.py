@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 from ruamel.yaml.comments import CommentedMap
@@ -13,6 +14,7 @@ from mailstack.errors import ConfigError
 from mailstack.files import write_atomic
 from mailstack.resources import resource_dir
 from mailstack.site.document import yaml_rt
+from mailstack.site.names import control_problem, domain_problem, host_problem, user_problem
 
 INVENTORIES_DIR = "inventories"
 DEFAULT_INVENTORY = "production"
@@ -90,23 +92,35 @@ def load_hosts(root: Path, env: str = DEFAULT_INVENTORY) -> list[InventoryHost]:
         raise ConfigError(f"{path}: the `{MAIL_GROUP}` group has no hosts; add one")
     result = []
     for name, hv in hosts.items():
-        hv = hv or {}
-        try:
-            port = int(hv.get("ansible_port", 22))
-        except (TypeError, ValueError):
-            raise ConfigError(
-                f"{path}: {name}.ansible_port must be a number (got {hv.get('ansible_port')!r})"
-            ) from None
-        result.append(
-            InventoryHost(
-                name=str(name),
-                address=str(hv.get("ansible_host", name)),
-                ssh_user=str(hv.get("ansible_user", "root")),
-                ssh_port=port,
-                ssh_key=hv.get("ansible_ssh_private_key_file"),
-            )
-        )
+        result.append(_host(path, str(name), hv or {}))
     return result
+
+
+def _host(path: Path, name: str, hv: dict[str, Any]) -> InventoryHost:
+    """One inventory host, every value checked: they reach ssh's argv and Ansible's."""
+    problems = []
+    if not isinstance(hv, dict):
+        raise ConfigError(f"{path}: {name} must be a mapping of ansible_* settings")
+    address = str(hv.get("ansible_host", name))
+    user = str(hv.get("ansible_user", "root"))
+    port = hv.get("ansible_port", 22)
+    if isinstance(port, str) and port.isdigit():
+        port = int(port)
+    key = hv.get("ansible_ssh_private_key_file")
+    if p := domain_problem(name):
+        problems.append(f"host {name!r}: {p} (the server's full host name)")
+    if p := host_problem(address):
+        problems.append(f"{name}.ansible_host {address!r}: {p}")
+    if p := user_problem(user):
+        problems.append(f"{name}.ansible_user {user!r}: {p}")
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        problems.append(f"{name}.ansible_port {port!r}: must be a port number, 1 to 65535")
+    if key is not None and (not isinstance(key, str) or not key or key.startswith("-")
+                            or control_problem(key)):
+        problems.append(f"{name}.ansible_ssh_private_key_file {key!r}: must be a file path")
+    if problems:
+        raise ConfigError(f"{path} is invalid:", details=problems)
+    return InventoryHost(name=name, address=address, ssh_user=user, ssh_port=port, ssh_key=key)
 
 
 def select_hosts(root: Path, env: str, only: str | None) -> list[InventoryHost]:

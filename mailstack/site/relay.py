@@ -7,11 +7,15 @@ from ruamel.yaml.comments import CommentedMap
 
 from mailstack.errors import MailstackError
 from mailstack.site.directory import Site
+from mailstack.site.names import control_problem
 
 
 def set_relay(site: Site, host: str, username: str, password: str) -> None:
     if not password:
         raise MailstackError("the relay password is empty")
+    if problem := control_problem(password):
+        raise MailstackError(f"the relay password {problem}; it must fit on one line of "
+                             "sasl_passwd")
     options = site.doc.data.setdefault("options", CommentedMap())
     relay = CommentedMap(host=host, username=username)
     # The comment block that followed `relay: null` belongs to the next option; ruamel keeps
