@@ -54,7 +54,8 @@ def cli(runner: CliRunner, site_dir: Path) -> Cli:
 def all_site_bytes(root: Path) -> bytes:
     """Every byte of every file in the site (for 'never in clear text' checks)."""
     out = b""
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            out += (Path(dirpath) / name).read_bytes()
+    for dirpath, dirnames, files in os.walk(root):
+        dirnames.sort()
+        for name in sorted(files):
+            out += name.encode() + b"\0" + (Path(dirpath) / name).read_bytes()
     return out

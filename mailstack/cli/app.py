@@ -31,6 +31,15 @@ class _Group(TyperGroup):
                 raise
             typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
             raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:
+            # The machine said no (a read-only directory, a full disk, a path that is a file):
+            # not a bug to show a traceback for, and nothing was half-written (files.py).
+            if os.environ.get(DEBUG_ENV):
+                raise
+            where = f"{exc.filename}: " if exc.filename else ""
+            typer.secho(f"error: {where}{exc.strerror or exc}; nothing was changed", err=True,
+                        fg=typer.colors.RED)
+            raise typer.Exit(1) from None
 
 
 app = typer.Typer(

@@ -23,6 +23,8 @@ def render(
     site = opts(ctx).site()
     warn_storage(site)
     out = out or site.root / "build"
+    if out.exists() and not out.is_dir():
+        raise MailstackError(f"--out {out} is a file; give a directory to render into")
     for name, files in render_site(site, host).items():
         write_tree(files, out / name)
         secret = sum(f.secret for f in files)

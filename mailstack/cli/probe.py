@@ -38,5 +38,6 @@ def dns(
     if format not in ("zone", "json"):
         raise MailstackError(f"--format {format!r}: choose zone or json")
     site = opts(ctx).site()
-    recs = records(site.config, site.secrets.dkim, load_hosts(site.root, site.inventory))
+    keys = {d: site.secrets.dkim_key(d) for d in site.config.domains}
+    recs = records(site.config, keys, load_hosts(site.root, site.inventory))
     typer.echo((zone(recs) if format == "zone" else as_json(recs)).rstrip("\n"))

@@ -12,6 +12,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from mailstack.deploy.events import DeployResult, Events, NoProgress, ProgressSink
 from mailstack.deploy.ssh import ansible_ssh_args
@@ -76,6 +77,49 @@ def run_playbook(
     return result
 
 
+# Tags Ansible itself gives a meaning to.
+SPECIAL_TAGS = {"all", "always", "never", "tagged", "untagged"}
+
+
+def playbook_tags() -> set[str]:
+    """Every tag site.yml and the roles put on a play, role, block or task."""
+    import yaml
+
+    found: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            tags = node.get("tags")
+            if isinstance(tags, str):
+                found.update(t.strip() for t in tags.split(","))
+            elif isinstance(tags, list):
+                found.update(str(t) for t in tags)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    roles = resource_dir("roles")
+    for path in [resource_dir("site.yml"), *sorted(roles.glob("*/tasks/*.yml")),
+                 *sorted(roles.glob("*/handlers/*.yml"))]:
+        walk(yaml.safe_load(path.read_text(encoding="utf-8")))
+    return found - SPECIAL_TAGS
+
+
+def check_tags(tags: str | None) -> None:
+    """`--tags bogus` would run nothing and report "no changes": refuse what no task has."""
+    if tags is None:
+        return
+    known = playbook_tags()
+    wanted = [t.strip() for t in tags.split(",")]
+    unknown = [t for t in wanted if t not in known and t not in ("all", "tagged", "untagged")]
+    if unknown or not all(wanted):
+        raise MailstackError(f"--tags {tags!r}: no task has the tag(s) "
+                             f"{', '.join(repr(t) for t in unknown) or repr('')}; "
+                             f"mailstack's tags: {', '.join(sorted(known))}")
+
+
 def deploy(
     site: Site,
     *,
@@ -85,6 +129,7 @@ def deploy(
     progress: ProgressSink | None = None,
     on_rendered: Callable[[int], None] | None = None,
 ) -> DeployResult:
+    check_tags(tags)
     build = site.root / "build"
     rendered = render_site(site, limit)
     for host, files in rendered.items():

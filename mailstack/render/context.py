@@ -126,8 +126,8 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
             "milter": "inet:127.0.0.1:8891",
             "socket": "inet:8891@127.0.0.1",
             "signing_keys": [
-                {"domain": d, "selector": secrets.dkim[d]["selector"],
-                 "key_file": f"{DKIM_KEYS_DIR}/{d}/{secrets.dkim[d]['selector']}.private"}
+                {"domain": d, "selector": secrets.dkim_key(d)["selector"],
+                 "key_file": f"{DKIM_KEYS_DIR}/{d}/{secrets.dkim_key(d)['selector']}.private"}
                 for d in domains
             ],
             "trusted_hosts": ["127.0.0.1", "::1", "localhost"],

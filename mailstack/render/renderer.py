@@ -98,14 +98,10 @@ def render_host(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> list[Rend
 
 
 def render_site(site: Site, only_host: str | None = None) -> dict[str, list[RenderedFile]]:
-    """Rendered files per inventory host. A DKIM key missing for a domain declared by hand
-    is generated and saved first (existing keys are never replaced)."""
+    """Rendered files per inventory host. Nothing is generated here: a secret missing from
+    the vault is an error that says how to restore it (secrets.py)."""
     cfg = site.config
     hosts = select_hosts(site.root, site.inventory, only_host)
-    missing = [d for d in cfg.domains if d not in site.secrets.dkim]
-    if missing or not site.secrets.site.get("verify_password_hash"):
-        site.secrets.ensure(cfg.domains)
-        site.secrets.save()
     return {h.name: render_host(cfg, site.secrets, h) for h in hosts}
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from mailstack.errors import MailstackError
-from mailstack.site.directory import Site
+from mailstack.site.directory import Site, edits_site
 from mailstack.site.names import (
     address_problem,
     control_problem,
@@ -61,13 +61,6 @@ def _block(data: CommentedMap, key: str, kind: type) -> CommentedMap | Commented
     return current
 
 
-def _commit(site: Site, *, secrets_changed: bool) -> None:
-    site.doc.revalidate()
-    if secrets_changed:
-        site.secrets.save()
-    site.save_config()
-
-
 # --- users ---------------------------------------------------------------------------------
 
 
@@ -79,6 +72,7 @@ class UserRow:
     has_password: bool
 
 
+@edits_site
 def add_user(site: Site, address: str, password: str, quota: int | str = 0) -> str:
     address = _address(address)
     _require_domain(site, address)
@@ -98,10 +92,11 @@ def add_user(site: Site, address: str, password: str, quota: int | str = 0) -> s
         entry["quota"] = quota
     _block(site.doc.data, "users", CommentedSeq).append(entry)
     site.secrets.accounts[address] = hash_password(password)
-    _commit(site, secrets_changed=True)
+    site.commit(secrets=True)
     return address
 
 
+@edits_site
 def remove_user(site: Site, address: str) -> str:
     address = _address(address)
     if not site.config.mailbox(address):
@@ -118,10 +113,11 @@ def remove_user(site: Site, address: str) -> str:
             del users[i]
             break
     site.secrets.accounts.pop(address, None)
-    _commit(site, secrets_changed=True)
+    site.commit(secrets=True)
     return address
 
 
+@edits_site
 def set_password(site: Site, address: str, password: str) -> str:
     address = _address(address)
     if not site.config.mailbox(address):
@@ -130,7 +126,7 @@ def set_password(site: Site, address: str, password: str) -> str:
         )
     check_password(password, address)
     site.secrets.accounts[address] = hash_password(password)
-    site.secrets.save()
+    site.commit(config=False)
     return address
 
 
@@ -151,6 +147,7 @@ def list_users(site: Site) -> list[UserRow]:
 # --- aliases -------------------------------------------------------------------------------
 
 
+@edits_site
 def add_alias(site: Site, source: str, destinations: list[str]) -> tuple[str, list[str]]:
     source = _address(source, "alias")
     _require_domain(site, source)
@@ -171,10 +168,11 @@ def add_alias(site: Site, source: str, destinations: list[str]) -> tuple[str, li
     combined = current + new
     aliases = _block(site.doc.data, "aliases", CommentedMap)
     aliases[source] = combined[0] if len(combined) == 1 else CommentedSeq(combined)
-    _commit(site, secrets_changed=False)
+    site.commit(secrets=False)
     return source, combined
 
 
+@edits_site
 def remove_alias(site: Site, source: str, destination: str | None = None) -> str:
     source = _address(source, "alias")
     current = site.config.aliases.get(source)
@@ -193,7 +191,7 @@ def remove_alias(site: Site, source: str, destination: str | None = None) -> str
         aliases[key] = remaining[0] if len(remaining) == 1 else CommentedSeq(remaining)
     else:
         del aliases[key]
-    _commit(site, secrets_changed=False)
+    site.commit(secrets=False)
     return source
 
 
@@ -204,6 +202,7 @@ def list_aliases(site: Site) -> dict[str, list[str]]:
 # --- domains -------------------------------------------------------------------------------
 
 
+@edits_site
 def add_domain(site: Site, domain: str) -> str:
     domain = _domain(domain)
     if domain in site.config.domains:
@@ -214,10 +213,11 @@ def add_domain(site: Site, domain: str) -> str:
     if domain not in site.secrets.dkim:
         site.secrets.dkim[domain] = new_dkim_key()
         secrets_changed = True
-    _commit(site, secrets_changed=secrets_changed)
+    site.commit(secrets=secrets_changed)
     return domain
 
 
+@edits_site
 def remove_domain(site: Site, domain: str) -> str:
     domain = _domain(domain)
     cfg = site.config
@@ -238,7 +238,7 @@ def remove_domain(site: Site, domain: str) -> str:
         if str(value).strip().lower().rstrip(".") == domain:
             del seq[i]
             break
-    _commit(site, secrets_changed=False)
+    site.commit(secrets=False)
     return domain
 
 

@@ -3,15 +3,22 @@ secrets. ``init_site`` writes a new one; ``Site`` opens an existing one."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import functools
+import os
 import shutil
 import subprocess
+import sys
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any, TypeVar
 
 from mailstack.errors import ConfigError, MailstackError
-from mailstack.files import write_atomic
+from mailstack.files import write_all_atomic, write_atomic
 from mailstack.site.config import CONFIG_FILE
 from mailstack.site.document import ConfigDocument
 from mailstack.site.inventory import (
@@ -28,6 +35,7 @@ from mailstack.site.names import (
 from mailstack.site.secrets import SECRETS_DIR, Secrets
 from mailstack.site.vault import VAULT_PASSWORD_FILE, Vault, new_password, password_file
 
+T = TypeVar("T")
 KNOWN_HOSTS_FILE = "known_hosts"
 GITIGNORE = """\
 # The vault password unlocks every secret: never commit it. Back it up somewhere safe.
@@ -70,8 +78,48 @@ class Site:
         """The SSH host keys of the site's servers, pinned at first contact (deploy/ssh.py)."""
         return self.root.resolve() / KNOWN_HOSTS_FILE
 
-    def save_config(self) -> None:
-        write_atomic(self.doc.path, self.doc.dumps(), mode=0o644)
+    @contextlib.contextmanager
+    def editing(self) -> Iterator[None]:
+        """Hold the site for one whole read-modify-write. Two edits at once (two `user add`, a
+        `domain add`) otherwise both read the old state and the second write loses the first
+        change. The lock is flock on the site directory itself (no lock file to commit); the
+        state is read again under it."""
+        try:
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            raise MailstackError(f"cannot open the site {self.root}: {exc.strerror}") from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"waiting for another mailstack command editing {self.root} …",
+                      file=sys.stderr, flush=True)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            self.__dict__.pop("doc", None)
+            self.__dict__.pop("secrets", None)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def commit(self, *, config: bool = True, secrets: bool = True) -> None:
+        """Validate the edited state, then write mailstack.yml and the changed secrets files
+        as one change: all of them, or none (files.write_all_atomic)."""
+        self.doc.revalidate()
+        files: list[tuple[Path, bytes, int]] = []
+        if secrets:
+            files += self.secrets.changed_files()
+        if config:
+            files.append((self.doc.path, self.doc.dumps().encode(), 0o644))
+        write_all_atomic(files)
+
+
+def edits_site(fn: Callable[..., T]) -> Callable[..., T]:
+    """Run an edit of the site (its first argument) under Site.editing()."""
+    @functools.wraps(fn)
+    def wrapper(site: Site, *args: Any, **kwargs: Any) -> T:
+        with site.editing():
+            return fn(site, *args, **kwargs)
+    return wrapper
 
 
 @dataclass(frozen=True)

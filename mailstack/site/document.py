@@ -10,6 +10,7 @@ from pathlib import Path
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.events import AliasEvent
 
 from mailstack.errors import ConfigError, MailstackError
 from mailstack.site.config import SiteConfig, validate
@@ -53,26 +54,63 @@ class ConfigDocument:
         return stream.getvalue()
 
 
+MAX_SIZE = 1024 * 1024  # a site's mailstack.yml is a few KB; anything near this is a mistake
+
+
 def load_yaml(path: Path) -> CommentedMap:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(
-            f"{path} not found: run mailstack inside a site directory, pass --site DIR, "
-            "or create a site with `mailstack init DIR`"
-        ) from None
+    text = read_text(path, what="the site's desired state", fix=(
+        "run mailstack inside a site directory, pass --site DIR, or create a site with "
+        "`mailstack init DIR`"))
+    refuse_aliases(text, path)
     try:
         data = yaml_rt().load(text)
     except MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown place"
-        if exc.context_mark and mark and exc.context_mark.line != mark.line:
-            where += f"; {exc.context} on line {exc.context_mark.line + 1}"
-        raise ConfigError(
-            f"{path.name} is not valid YAML ({where}): {exc.problem}; fix the syntax there"
-        ) from None
+        raise ConfigError(f"{path.name} is not valid YAML ({_where(exc)}): {exc.problem}; fix "
+                          "the syntax there") from None
     if data is None:
         data = CommentedMap()
     if not isinstance(data, CommentedMap):
         raise ConfigError(f"{path.name} must be a mapping of keys (hostname:, domains:, …)")
     return data
+
+
+def read_text(path: Path, *, what: str, fix: str) -> str:
+    """A site file as text, or one message for each way it can be unreadable."""
+    try:
+        if path.is_dir():
+            raise ConfigError(f"{path} is a directory, not a file ({what}); {fix}")
+        if path.stat().st_size > MAX_SIZE:
+            raise ConfigError(f"{path} is larger than {MAX_SIZE // 1024} KB; it cannot be "
+                              f"{what}")
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path} not found: {fix}") from None
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path} is not UTF-8 text (line {line}, byte {exc.start}); save it "
+                          "as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def refuse_aliases(text: str, path: Path) -> None:
+    """Refuse YAML anchors and aliases (&a, *a) before anything is built from the text: a few
+    nested aliases expand exponentially (a 2 KB "billion laughs" never finished loading), and
+    a site file has no use for them."""
+    try:
+        for event in YAML(typ="safe").parse(text):
+            if isinstance(event, AliasEvent) or getattr(event, "anchor", None):
+                line = event.start_mark.line + 1 if event.start_mark else "?"
+                raise ConfigError(f"{path.name} line {line}: YAML anchors and aliases (&name, "
+                                  "*name) are not accepted here; write the values out")
+    except MarkedYAMLError as exc:
+        raise ConfigError(f"{path.name} is not valid YAML ({_where(exc)}): {exc.problem}; fix "
+                          "the syntax there") from None
+
+
+def _where(exc: MarkedYAMLError) -> str:
+    mark = exc.problem_mark
+    where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown place"
+    if exc.context_mark and mark and exc.context_mark.line != mark.line:
+        where += f"; {exc.context} on line {exc.context_mark.line + 1}"
+    return where

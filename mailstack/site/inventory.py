@@ -13,7 +13,7 @@ from ruamel.yaml.comments import CommentedMap
 from mailstack.errors import ConfigError
 from mailstack.files import write_atomic
 from mailstack.resources import resource_dir
-from mailstack.site.document import yaml_rt
+from mailstack.site.document import read_text, refuse_aliases, yaml_rt
 from mailstack.site.names import control_problem, domain_problem, host_problem, user_problem
 
 INVENTORIES_DIR = "inventories"
@@ -73,12 +73,10 @@ def load_hosts(root: Path, env: str = DEFAULT_INVENTORY) -> list[InventoryHost]:
     """Hosts of the ``mail`` group, in file order."""
     path = inventory_file(root, env)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise ConfigError(
-            f"inventory {path} not found: pass --inventory NAME for another environment, or "
-            "recreate it (see `mailstack init --help`)"
-        ) from None
+        text = read_text(path, what="the inventory", fix="pass --inventory NAME for another "
+                         "environment, or recreate it (inventories/single is the model)")
+        refuse_aliases(text, path)
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     try:

@@ -6,10 +6,11 @@ from __future__ import annotations
 from ruamel.yaml.comments import CommentedMap
 
 from mailstack.errors import MailstackError
-from mailstack.site.directory import Site
+from mailstack.site.directory import Site, edits_site
 from mailstack.site.names import control_problem
 
 
+@edits_site
 def set_relay(site: Site, host: str, username: str, password: str) -> None:
     if not password:
         raise MailstackError("the relay password is empty")
@@ -24,12 +25,11 @@ def set_relay(site: Site, host: str, username: str, password: str) -> None:
     if trailing and trailing[2] is not None:
         relay.ca.items["username"] = [None, None, trailing[2], None]
     options["relay"] = relay
-    site.doc.revalidate()
     site.secrets.site["relay_password"] = password
-    site.secrets.save()
-    site.save_config()
+    site.commit()
 
 
+@edits_site
 def clear_relay(site: Site) -> None:
     options = site.doc.data.get("options")
     if not options or not options.get("relay"):
@@ -39,7 +39,5 @@ def clear_relay(site: Site) -> None:
     options["relay"] = None
     if trailing and trailing[2] is not None:
         options.ca.items["relay"] = [None, None, trailing[2], None]
-    site.doc.revalidate()
     site.secrets.site["relay_password"] = None
-    site.secrets.save()
-    site.save_config()
+    site.commit()

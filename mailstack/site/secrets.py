@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,12 +21,27 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from mailstack.errors import MailstackError
+from mailstack.files import write_all_atomic
 from mailstack.site.vault import Vault, new_password
 
 SECRETS_DIR = "secrets"
 SITE_FILE = "site.yml"
 DKIM_FILE = "dkim.yml"
 ACCOUNTS_FILE = "accounts.yml"
+# What each file holds, for the message that says how to restore a lost one.
+HOLDS = {
+    SITE_FILE: "the storage passphrase (without it the encrypted mail store never opens again), "
+               "the database passwords and the verify mailbox password",
+    DKIM_FILE: "the DKIM keys (a new key would no longer match the published DNS records)",
+    ACCOUNTS_FILE: "the mailbox password hashes",
+}
+REQUIRED_SITE_SECRETS = (("mariadb", "postfix_password"), ("mariadb", "dovecot_password"),
+                         ("storage_passphrase",), ("verify_password",),
+                         ("verify_password_hash",))
+
+
+_SELECTOR = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 
 
 def generated_site_secrets() -> dict[str, Any]:
@@ -70,14 +86,59 @@ class Secrets:
 
     @classmethod
     def load(cls, root: Path, vault: Vault) -> Secrets:
+        """The site's secrets, checked. A missing file or value is never made up again here:
+        only `init` and explicit commands (`domain add`) generate secrets."""
         d = root / SECRETS_DIR
-        return cls(
-            vault=vault,
-            root=root,
-            site=vault.read(d / SITE_FILE),
-            dkim=vault.read(d / DKIM_FILE),
-            accounts=vault.read(d / ACCOUNTS_FILE),
-        )
+        for name in (SITE_FILE, DKIM_FILE, ACCOUNTS_FILE):
+            if not (d / name).is_file():
+                raise MailstackError(
+                    f"{d / name} is missing. It held {HOLDS[name]}; mailstack never makes these "
+                    "up again. Restore it from the site's git history (`git -C "
+                    f"{root} checkout -- {SECRETS_DIR}/{name}`) or from your backup")
+        secrets = cls(vault=vault, root=root, site=vault.read(d / SITE_FILE),
+                      dkim=vault.read(d / DKIM_FILE), accounts=vault.read(d / ACCOUNTS_FILE))
+        secrets.check()
+        return secrets
+
+    def check(self) -> None:
+        """Every value the renderer needs, of the right kind: a damaged file is named here,
+        not met as a traceback later."""
+        d = self.root / SECRETS_DIR
+        problems = []
+        for path in REQUIRED_SITE_SECRETS:
+            value: Any = self.site
+            for key in path:
+                value = value.get(key) if isinstance(value, dict) else None
+            if not isinstance(value, str) or not value:
+                problems.append(f"{d / SITE_FILE}: {'.'.join(path)} is missing or empty")
+        for domain, key in self.dkim.items():
+            if not isinstance(key, dict) or not isinstance(key.get("selector"), str) \
+                    or not _SELECTOR.fullmatch(key["selector"]):
+                problems.append(f"{d / DKIM_FILE}: {domain}: no valid selector")
+                continue
+            try:
+                dkim_public_key(str(key.get("private_key", "")))
+            except (ValueError, TypeError):
+                problems.append(f"{d / DKIM_FILE}: {domain}: the private key is not a PEM key")
+        for address, hashed in self.accounts.items():
+            if not isinstance(hashed, str) or not hashed.startswith("{ARGON2ID}"):
+                problems.append(f"{d / ACCOUNTS_FILE}: {address}: not an {{ARGON2ID}} hash "
+                                f"(set one with `mailstack user passwd {address}`)")
+        if problems:
+            raise MailstackError(
+                "the site's secrets are damaged; restore the file from the site's git history "
+                f"(`git -C {self.root} log -- {SECRETS_DIR}`) or your backup:", details=problems)
+
+    def dkim_key(self, domain: str) -> dict[str, str]:
+        """The DKIM key of a declared domain, or a message that says how to get one."""
+        key = self.dkim.get(domain)
+        if key is None:
+            raise MailstackError(
+                f"{self.root / SECRETS_DIR / DKIM_FILE} has no DKIM key for {domain}. A domain "
+                "declared by hand gets none: remove it from mailstack.yml and run `mailstack "
+                f"domain add {domain}` (which makes its key), or restore the key from the site's "
+                "git history or your backup")
+        return key
 
     def ensure(self, domains: list[str]) -> None:
         """Fill in whatever is missing; never replace what exists."""
@@ -98,8 +159,16 @@ class Secrets:
             if domain not in self.dkim:
                 self.dkim[domain] = new_dkim_key()
 
-    def save(self) -> None:
+    def changed_files(self) -> list[tuple[Path, bytes, int]]:
+        """(path, ciphertext, mode) of each secrets file whose content changed."""
         d = self.root / SECRETS_DIR
-        self.vault.write(d / SITE_FILE, self.site)
-        self.vault.write(d / DKIM_FILE, self.dkim)
-        self.vault.write(d / ACCOUNTS_FILE, self.accounts)
+        out = []
+        for name, data in ((SITE_FILE, self.site), (DKIM_FILE, self.dkim),
+                           (ACCOUNTS_FILE, self.accounts)):
+            ciphertext = self.vault.encrypted_if_changed(d / name, data)
+            if ciphertext is not None:
+                out.append((d / name, ciphertext, 0o600))
+        return out
+
+    def save(self) -> None:
+        write_all_atomic(self.changed_files())

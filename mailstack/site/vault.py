@@ -10,8 +10,9 @@ from typing import Any
 
 import yaml
 
-from mailstack.errors import MailstackError
+from mailstack.errors import ConfigError, MailstackError
 from mailstack.files import write_atomic
+from mailstack.site.document import refuse_aliases
 
 VAULT_PASSWORD_FILE = ".vault-password"
 ENV_VAULT_PASSWORD_FILE = "ANSIBLE_VAULT_PASSWORD_FILE"
@@ -63,36 +64,58 @@ class Vault:
 
     def read(self, path: Path) -> dict[str, Any]:
         """The decrypted YAML mapping in ``path`` ({} when the file does not exist yet)."""
+        from ansible.errors import AnsibleError
         from ansible.parsing.vault import AnsibleVaultError
 
         try:
             ciphertext = path.read_bytes()
         except FileNotFoundError:
             return {}
+        except OSError as exc:
+            raise MailstackError(f"cannot read {path}: {exc.strerror}") from None
         if not ciphertext.startswith(b"$ANSIBLE_VAULT;"):
             raise MailstackError(
                 f"{path} is not vault-encrypted; secrets must never rest in clear text. "
                 f"Encrypt it with: ansible-vault encrypt --vault-password-file {self.pw_file} "
                 f"{path}"
             )
+        restore = "restore it from the site's git history or your backup"
         try:
             plaintext = self._vault().decrypt(ciphertext)
         except AnsibleVaultError:
             raise MailstackError(
                 f"cannot decrypt {path} with the vault password from {self.pw_file}: wrong "
-                "password. Use the site's own .vault-password (or --vault-password-file)"
-            ) from None
-        data = yaml.safe_load(plaintext) or {}
+                "password (use the site's own .vault-password, or --vault-password-file), or "
+                f"the file is damaged ({restore})") from None
+        except (AnsibleError, ValueError, TypeError):  # a truncated or garbled envelope
+            raise MailstackError(f"cannot decrypt {path}: the file is damaged; {restore}"
+                                 ) from None
+        try:
+            refuse_aliases(plaintext.decode(), path)
+        except (UnicodeDecodeError, ConfigError):
+            raise MailstackError(f"{path} decrypts, but not to a YAML mapping: restore it from "
+                                 "the site's git history or your backup") from None
+        try:
+            data = yaml.safe_load(plaintext) or {}
+        except yaml.YAMLError:
+            data = None
         if not isinstance(data, dict):
-            raise MailstackError(f"{path} must hold a YAML mapping")
+            raise MailstackError(f"{path} decrypts, but not to a YAML mapping: restore it from "
+                                 "the site's git history or your backup")
         return data
 
-    def write(self, path: Path, data: dict[str, Any]) -> bool:
-        """Encrypt ``data`` into ``path`` (mode 0600). Unchanged content is not rewritten,
-        so the ciphertext (random salt) only changes in git when a secret really changes."""
+    def encrypted_if_changed(self, path: Path, data: dict[str, Any]) -> bytes | None:
+        """The ciphertext to store for ``data``, or None when ``path`` already holds it: the
+        ciphertext (random salt) only changes in git when a secret really changes."""
         if path.exists() and self.read(path) == data:
-            return False
+            return None
         plaintext = yaml.safe_dump(data, sort_keys=True, default_flow_style=False)
-        ciphertext = self._vault().encrypt(plaintext.encode())
+        return self._vault().encrypt(plaintext.encode())
+
+    def write(self, path: Path, data: dict[str, Any]) -> bool:
+        """Encrypt ``data`` into ``path`` (mode 0600) if it changed."""
+        ciphertext = self.encrypted_if_changed(path, data)
+        if ciphertext is None:
+            return False
         write_atomic(path, ciphertext, mode=0o600)
         return True
