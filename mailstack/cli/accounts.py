@@ -28,7 +28,10 @@ def user_add(
     _ = site.config  # validate the site before asking for a password
     password = read_password(address, password_stdin)
     added = add_user(site, address, password, 0 if quota in ("0", "") else quota)
-    typer.echo(f"added user {added}; run `mailstack deploy` to apply")
+    typer.echo(f"added user {added.address}; run `mailstack deploy` to apply")
+    if added.postmaster_alias:
+        typer.echo(f"  and the alias {added.postmaster_alias} -> {added.address}: every domain "
+                   "needs a postmaster (change it with `mailstack alias`)")
 
 
 @user_app.command("remove")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -22,16 +24,21 @@ def render(
 
     site = opts(ctx).site()
     warn_storage(site)
-    out = out or site.root / "build"
+    default = site.root / "build"
+    out = out or default
     if out.exists() and not out.is_dir():
         raise MailstackError(f"--out {out} is a file; give a directory to render into")
-    for name, files in render_site(site, host).items():
+    # The files hold DB passwords and DKIM keys in clear: build/ is the owner's only (a
+    # directory of the user's own choosing keeps its mode; each host's tree is 0700 anyway).
+    rendered = render_site(site, host)  # everything checked before anything is written
+    out.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if out == default:
+        out.chmod(0o700)
+    for name, files in rendered.items():
         write_tree(files, out / name)
         secret = sum(f.secret for f in files)
         typer.echo(f"{name}: {len(files)} files in {out / name} ({secret} holding secrets, "
                    "mode 0600)")
-
-
 
 
 def deploy(
@@ -49,11 +56,18 @@ def deploy(
 
     site = opts(ctx).site()
     warn_storage(site)
+    # A plain `kill` must not leave the rendered secrets and the runner's files behind: turn
+    # it into an exit, so every cleanup on the way out runs.
+    signal.signal(signal.SIGTERM, lambda signum, _: sys.exit(128 + signum))
     progress = Progress()
     result = run_deploy(
         site, check=check, limit=limit, tags=tags, progress=progress,
-        on_rendered=lambda n: progress.line(f"rendered {n} files into {site.root / 'build'}"),
+        on_rendered=lambda n: progress.line(f"rendered {n} files (kept for this run only; "
+                                            "`mailstack render` shows them)"),
     )
+    for key in result.new_host_keys:
+        typer.echo(f"first contact: trusted the host key {key}; compare it with your "
+                   "provider's console (later changes are refused)")
     for host, task, diff in result.diffs:
         typer.echo(f"--- {host}: {task}")
         typer.echo(diff.rstrip())

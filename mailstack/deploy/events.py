@@ -51,6 +51,7 @@ class DeployResult:
     diffs: list[tuple[str, str, str]] = field(default_factory=list)  # (host, task, diff)
     elapsed: float = 0.0
     rc: int = 0
+    new_host_keys: list[str] = field(default_factory=list)  # first contact: ssh-keygen -l lines
 
     @property
     def changed(self) -> int:

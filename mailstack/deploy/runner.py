@@ -7,6 +7,7 @@ progress and the final summary.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -19,6 +20,7 @@ from mailstack.deploy.ssh import ansible_ssh_args
 from mailstack.errors import MailstackError
 from mailstack.render.renderer import render_site, write_tree
 from mailstack.resources import resource_dir
+from mailstack.site.config import unreachable_role_addresses
 from mailstack.site.directory import Site
 from mailstack.site.inventory import inventory_file
 
@@ -129,11 +131,42 @@ def deploy(
     progress: ProgressSink | None = None,
     on_rendered: Callable[[int], None] | None = None,
 ) -> DeployResult:
+    """Render into a private directory (0700) that lives only as long as this run: the files
+    hold DB passwords and DKIM keys in clear, and nothing needs them once they are placed
+    (`mailstack render` writes them to build/ when a user asks to see them)."""
     check_tags(tags)
-    build = site.root / "build"
     rendered = render_site(site, limit)
-    for host, files in rendered.items():
-        write_tree(files, build / host)
-    if on_rendered:
-        on_rendered(sum(len(f) for f in rendered.values()))
-    return run_playbook(site, build, check=check, limit=limit, tags=tags, progress=progress)
+    missing = unreachable_role_addresses(site.config)
+    if missing:
+        raise MailstackError("refusing to deploy: mail to these addresses would bounce:",
+                             details=missing)
+    before = known_host_lines(site.known_hosts)
+    with tempfile.TemporaryDirectory(prefix="mailstack-build-") as build_dir:
+        build = Path(build_dir)
+        for host, files in rendered.items():
+            write_tree(files, build / host)
+        if on_rendered:
+            on_rendered(sum(len(f) for f in rendered.values()))
+        result = run_playbook(site, build, check=check, limit=limit, tags=tags,
+                              progress=progress)
+    result.new_host_keys = fingerprints(known_host_lines(site.known_hosts) - before)
+    return result
+
+
+def known_host_lines(path: Path) -> set[str]:
+    try:
+        return {line for line in path.read_text().splitlines() if line.strip()}
+    except FileNotFoundError:
+        return set()
+
+
+def fingerprints(lines: set[str]) -> list[str]:
+    """`ssh-keygen -l` of known_hosts lines: what to compare with the provider's console."""
+    if not lines:
+        return []
+    with tempfile.NamedTemporaryFile("w", suffix=".known_hosts") as tmp:
+        tmp.write("\n".join(sorted(lines)) + "\n")
+        tmp.flush()
+        proc = subprocess.run(["ssh-keygen", "-l", "-f", tmp.name], capture_output=True,
+                              text=True, check=False)
+    return [line for line in proc.stdout.splitlines() if line.strip()]

@@ -40,7 +40,7 @@ def records(cfg: SiteConfig, dkim: dict[str, dict[str, str]],
                           note="reverse DNS: set by the provider of the IP, not in your zone"))
     for domain in cfg.domains:
         out.append(Record(domain + ".", "MX", f"10 {host}"))
-        out.append(Record(domain + ".", "TXT", "v=spf1 mx -all"))
+        out.append(_spf(cfg, domain))
         key = dkim.get(domain)
         if key:
             out.append(Record(f"{key['selector']}._domainkey.{domain}.", "TXT",
@@ -51,6 +51,18 @@ def records(cfg: SiteConfig, dkim: dict[str, dict[str, str]],
             dmarc += f"; rua=mailto:{report}"
         out.append(Record(f"_dmarc.{domain}.", "TXT", dmarc))
     return out + ptr
+
+
+def _spf(cfg: SiteConfig, domain: str) -> Record:
+    """Our MX hosts may send; through a relay host, the relay's senders too."""
+    relay = cfg.options.relay
+    if relay is None:
+        return Record(domain + ".", "TXT", "v=spf1 mx -all")
+    if relay.spf_include:
+        return Record(domain + ".", "TXT", f"v=spf1 mx include:{relay.spf_include} -all")
+    return Record(domain + ".", "TXT", "v=spf1 mx ~all",
+                  note=f"mail leaves through {relay.host}: set options.relay.spf_include to "
+                       "its SPF domain (see the provider's documentation) for a strict -all")
 
 
 def _txt(value: str) -> str:

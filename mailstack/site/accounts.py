@@ -65,6 +65,12 @@ def _block(data: CommentedMap, key: str, kind: type) -> CommentedMap | Commented
 
 
 @dataclass(frozen=True)
+class UserAdded:
+    address: str
+    postmaster_alias: str | None  # the postmaster alias made for it, if the domain had none
+
+
+@dataclass(frozen=True)
 class UserRow:
     address: str
     quota: int
@@ -73,7 +79,7 @@ class UserRow:
 
 
 @edits_site
-def add_user(site: Site, address: str, password: str, quota: int | str = 0) -> str:
+def add_user(site: Site, address: str, password: str, quota: int | str = 0) -> UserAdded:
     address = _address(address)
     _require_domain(site, address)
     if site.config.mailbox(address):
@@ -91,9 +97,16 @@ def add_user(site: Site, address: str, password: str, quota: int | str = 0) -> s
     if quota:
         entry["quota"] = quota
     _block(site.doc.data, "users", CommentedSeq).append(entry)
+    # Every domain must accept mail for its postmaster (RFC 5321), and the server's own
+    # reports go there: the domain's first mailbox receives it until the user says otherwise.
+    postmaster = f"postmaster@{address.split('@')[1]}"
+    gets_postmaster = (address != postmaster and not site.config.mailbox(postmaster)
+                       and postmaster not in site.config.aliases)
+    if gets_postmaster:
+        _block(site.doc.data, "aliases", CommentedMap)[postmaster] = address
     site.secrets.accounts[address] = hash_password(password)
     site.commit(secrets=True)
-    return address
+    return UserAdded(address, postmaster if gets_postmaster else None)
 
 
 @edits_site

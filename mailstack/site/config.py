@@ -131,6 +131,9 @@ class Relay(_Strict):
 
     host: Annotated[str, BeforeValidator(_relay_host)]
     username: Annotated[str, BeforeValidator(_relay_username)]
+    # The relay's SPF record to include in ours (its provider documents it, e.g.
+    # amazonses.com): receivers check that the relay may send for our domains.
+    spf_include: Domain | None = None
 
 
 class Queue(_Strict):
@@ -227,6 +230,22 @@ def semantic_problems(cfg: SiteConfig) -> list[tuple[tuple[Any, ...], str]]:
                 )
     problems.extend(_alias_loops(cfg.aliases))
     return problems
+
+
+def unreachable_role_addresses(cfg: SiteConfig) -> list[str]:
+    """The addresses the server itself sends to or must accept (postmaster of every domain,
+    admin_email when it is local) that are neither a mailbox nor an alias: mail to them
+    would bounce. Checked before a deploy, not on every load, so a new site can be built up
+    step by step."""
+    wanted = [f"postmaster@{d}" for d in cfg.domains]
+    if cfg.admin_email.split("@")[1] in cfg.domains:
+        wanted.append(cfg.admin_email)
+    missing = []
+    for address in dict.fromkeys(wanted):
+        if not cfg.mailbox(address) and address not in cfg.aliases:
+            missing.append(f"{address}: add a user (a domain's first user becomes its "
+                           f"postmaster) or `mailstack alias add {address} YOU@DOMAIN`")
+    return missing
 
 
 def _alias_loops(aliases: dict[str, list[str]]) -> list[tuple[tuple[Any, ...], str]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import imaplib
 import json
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -49,13 +50,20 @@ def site(tmp_path_factory):
 def deployed(site):
     assert mailstack(site, "user", "add", ALICE, "--password-stdin",
                      input=PASSWORD + "\n").returncode == 0
-    assert mailstack(site, "alias", "add", "postmaster@sandbox.test",
-                     ALICE).returncode == 0
+    aliases = mailstack(site, "alias", "list").stdout  # the domain's first user is postmaster
+    assert f"postmaster@sandbox.test -> {ALICE}" in aliases
+    leftovers = set(Path(tempfile.gettempdir()).glob("mailstack-build-*"))
     started = time.monotonic()
     result = mailstack(site, "deploy")
     print(f"cold deploy: {time.monotonic() - started:.1f} s")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "change(s) made" in result.stdout
+    # First contact: the host key trusted is shown, to compare with the provider's console.
+    assert "first contact: trusted the host key" in result.stdout
+    assert "SHA256:" in result.stdout.split("first contact:")[1].splitlines()[0]
+    # The rendered secrets lived only for the run: no build/ in the site, nothing in /tmp.
+    assert not (site / "build").exists()
+    assert set(Path(tempfile.gettempdir()).glob("mailstack-build-*")) == leftovers
     return site
 
 

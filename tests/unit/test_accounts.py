@@ -29,6 +29,19 @@ def test_user_add_stores_only_a_dovecot_argon2id_hash(cli):
     assert "address: alice@example.org" in (cli.site / "mailstack.yml").read_text()
 
 
+def test_a_domains_first_user_becomes_its_postmaster(cli):
+    result = add_user(cli, "alice@example.org")
+    assert "and the alias postmaster@example.org -> alice@example.org" in result.output
+    assert "postmaster@example.org -> alice@example.org" in cli("alias", "list").output
+    result = add_user(cli, "bob@example.org")
+    assert "postmaster" not in result.output  # the first one only
+    result = cli("alias", "remove", "postmaster@example.org")
+    assert result.exit_code == 0
+    result = cli("deploy")  # refused before any SSH: the postmaster would bounce
+    assert result.exit_code == 1
+    assert "postmaster@example.org: add a user" in result.output
+
+
 def test_user_list_shows_users_and_their_aliases(cli):
     add_user(cli, "alice@example.org")
     cli("alias", "add", "postmaster@example.org", "alice@example.org")
@@ -142,8 +155,9 @@ def test_domain_add_generates_a_key_once_and_remove_is_guarded(cli):
     add_user(cli, "bob@example.net")
     result = cli("domain", "remove", "example.net")
     assert result.exit_code == 1
-    assert "still has users or aliases (bob@example.net)" in result.output
-    cli("user", "remove", "bob@example.net")
+    assert "still has users or aliases (bob@example.net, postmaster@example.net)" in result.output
+    assert cli("alias", "remove", "postmaster@example.net").exit_code == 0
+    assert cli("user", "remove", "bob@example.net").exit_code == 0
     assert cli("domain", "remove", "example.net").exit_code == 0
     # Re-adding keeps the old key: no DNS change needed.
     assert cli("domain", "add", "example.net").exit_code == 0

@@ -131,3 +131,10 @@ def test_a_failure_between_two_files_rolls_the_first_back(cli, monkeypatch):
     assert all_site_bytes(cli.site) == before
     assert sorted(p.name for p in (cli.site / SECRETS_DIR).iterdir()) == sorted(
         ["site.yml", DKIM_FILE, "accounts.yml"])
+
+
+def test_build_holds_secrets_so_only_its_owner_may_enter(cli):
+    import stat
+
+    assert cli("render").exit_code == 0
+    assert stat.S_IMODE((cli.site / "build").stat().st_mode) == 0o700

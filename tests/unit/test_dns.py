@@ -51,3 +51,14 @@ def test_unknown_format_is_refused(cli):
     result = cli("dns", "--format", "xml")
     assert result.exit_code == 1
     assert "choose zone or json" in result.output
+
+
+def test_spf_names_the_relay_host_that_sends_the_mail(cli):
+    assert cli("relay", "set", "[email-smtp.eu-west-1.amazonaws.com]:587", "AKIAEXAMPLE",
+               "--password-stdin", input="relay-secret-pw\n").exit_code == 0
+    zone = cli("dns").output
+    assert '"v=spf1 mx ~all"' in zone and "options.relay.spf_include" in zone
+    path = cli.site / "mailstack.yml"
+    path.write_text(path.read_text().replace("    username: AKIAEXAMPLE",
+                                             "    username: AKIAEXAMPLE\n    spf_include: amazonses.com"))
+    assert '"v=spf1 mx include:amazonses.com -all"' in cli("dns").output
