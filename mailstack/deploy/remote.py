@@ -58,10 +58,14 @@ def tool_result(host: InventoryHost, verb: str, returncode: int, stdout: str, st
         data = json.loads(lines[-1]) if lines else {}
     except json.JSONDecodeError:
         data = {}
+    if not isinstance(data, dict):  # a stray number or string is no answer either
+        data = {}
     if returncode == 255:
         raise MailstackError(f"{host.name}: cannot reach {host.ssh_user}@{host.address}:"
                              f"{host.ssh_port} over SSH: {stderr.strip()}")
-    if not data and (returncode == 127 or "No such file" in stderr):
+    # 127/"No such file": the remote shell; "command not found": sudo (exit 1).
+    if not data and (returncode == 127 or "No such file" in stderr
+                     or "command not found" in stderr):
         raise MailstackError(f"{host.name}: the storage tool is not installed; run "
                              "`mailstack deploy` first")
     if not data:
