@@ -1,14 +1,20 @@
-"""Shared fixtures: a real site created by `mailstack init` (real vault, real keys)."""
+"""Shared fixtures: a real site created by `mailstack init` (real vault, real keys); the host
+storage tool run for real, with a conf like the rendered storage.json."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from mailstack.cli import app
+from mailstack.host import storage_tool
 from mailstack.site.directory import InitOptions, init_site
 
 PASSWORD = "correct horse battery staple"
@@ -59,3 +65,52 @@ def all_site_bytes(root: Path) -> bytes:
         for name in sorted(files):
             out += name.encode() + b"\0" + (Path(dirpath) / name).read_bytes()
     return out
+
+
+GOLDEN_STORAGE_JSON = (Path(__file__).parent / "golden" / "mail.example.org" / "etc" / "mailstack"
+                       / "storage.json")
+
+# Runs the shipped file (not the package module) with its CONF pointed at a test conf.
+_RUN_TOOL = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("mailstack_storage", sys.argv.pop(1))
+tool = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(tool)
+tool.CONF = sys.argv.pop(1)
+tool.main()
+"""
+
+
+@pytest.fixture
+def storage_conf(tmp_path: Path) -> Callable[..., dict]:
+    """``storage_conf(encryption="gocryptfs")``: the golden site's rendered storage.json, its
+    paths moved under tmp_path (nothing there yet)."""
+    def make(encryption: str = "gocryptfs") -> dict:
+        conf = json.loads(GOLDEN_STORAGE_JSON.read_text())
+        conf.update(encryption=encryption, root=str(tmp_path / "vhosts"),
+                    cipher_dir=str(tmp_path / "vhosts.crypt"),
+                    lmtp_socket=str(tmp_path / "dovecot-lmtp"))
+        return conf
+    return make
+
+
+@pytest.fixture
+def as_root() -> None:
+    """Tests that chown to the mail user (uid 5000), as the tool does on the server."""
+    if os.geteuid() != 0:
+        pytest.skip("chown to the mail user needs root")
+
+
+HostTool = Callable[..., subprocess.CompletedProcess]
+
+
+@pytest.fixture
+def host_tool(tmp_path: Path) -> HostTool:
+    """``host_tool(conf, *args, stdin="")``: mailstack-storage ARGS as a real process."""
+    def run(conf: dict, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
+        conf_file = tmp_path / "storage.json"
+        conf_file.write_text(json.dumps(conf))
+        return subprocess.run([sys.executable, "-I", "-c", _RUN_TOOL, storage_tool.__file__,
+                               str(conf_file), *args], input=stdin, capture_output=True,
+                              text=True, timeout=30, check=False)
+    return run

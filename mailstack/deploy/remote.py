@@ -15,7 +15,8 @@ from mailstack.host.storage_tool import PATH as TOOL
 from mailstack.site.directory import Site
 from mailstack.site.inventory import InventoryHost, select_hosts
 
-__all__ = ["NOT_INITIALIZED", "TOOL", "WRONG_PASSPHRASE", "ToolResult", "hosts", "run_tool"]
+__all__ = ["NOT_INITIALIZED", "TOOL", "WRONG_PASSPHRASE", "ToolResult", "hosts", "run_tool",
+           "tool_result"]
 
 
 @dataclass(frozen=True)
@@ -45,18 +46,29 @@ def run_tool(site: Site, host: InventoryHost, verb: str, *, stdin: str | None = 
                               capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         raise MailstackError(f"{host.name}: no answer over SSH within {timeout:.0f} s") from None
-    lines = proc.stdout.strip().splitlines()
+    return tool_result(host, verb, proc.returncode, proc.stdout, proc.stderr)
+
+
+def tool_result(host: InventoryHost, verb: str, returncode: int, stdout: str, stderr: str
+                ) -> ToolResult:
+    """What one run of the tool over SSH came to: its JSON answer (whatever its exit code),
+    or a MailstackError saying why there is none (SSH, a missing tool, garbage)."""
+    lines = stdout.strip().splitlines()
     try:
         data = json.loads(lines[-1]) if lines else {}
     except json.JSONDecodeError:
         data = {}
-    if proc.returncode == 255:
+    if not isinstance(data, dict):  # a stray number or string is no answer either
+        data = {}
+    if returncode == 255:
         raise MailstackError(f"{host.name}: cannot reach {host.ssh_user}@{host.address}:"
-                             f"{host.ssh_port} over SSH: {proc.stderr.strip()}")
-    if not data and (proc.returncode == 127 or "No such file" in proc.stderr):
+                             f"{host.ssh_port} over SSH: {stderr.strip()}")
+    # 127/"No such file": the remote shell; "command not found": sudo (exit 1).
+    if not data and (returncode == 127 or "No such file" in stderr
+                     or "command not found" in stderr):
         raise MailstackError(f"{host.name}: the storage tool is not installed; run "
                              "`mailstack deploy` first")
     if not data:
-        raise MailstackError(f"{host.name}: {TOOL} {verb} failed (exit {proc.returncode}): "
-                             f"{(proc.stderr or proc.stdout).strip()[-300:]}")
-    return ToolResult(host.name, proc.returncode, data)
+        raise MailstackError(f"{host.name}: {TOOL} {verb} failed (exit {returncode}): "
+                             f"{(stderr or stdout).strip()[-300:]}")
+    return ToolResult(host.name, returncode, data)

@@ -17,26 +17,29 @@ def unlock(site: Site, host: str | None = None, passphrase: str | None = None
     if not secret:
         raise MailstackError("no storage passphrase: secrets/site.yml has none; pass it with "
                              "--passphrase-stdin")
-    results = []
-    for h in hosts(site, host):
-        result = run_tool(site, h, "unlock", stdin=secret + "\n")
-        if result.code == WRONG_PASSPHRASE:
-            raise MailstackError(f"{h.name}: wrong passphrase; the store stays locked and "
-                                 "nothing was changed")
-        if result.code == NOT_INITIALIZED:
-            raise MailstackError(f"{h.name}: there is no encrypted store yet; run "
-                                 "`mailstack deploy` first")
-        if result.code != 0 or not result.data.get("ok"):
-            raise MailstackError(f"{h.name}: unlock failed: {result.data.get('error')}")
-        results.append(result)
-    return results
+    return [unlocked(run_tool(site, h, "unlock", stdin=secret + "\n"))
+            for h in hosts(site, host)]
+
+
+def unlocked(result: ToolResult) -> ToolResult:
+    """The tool's answer to `unlock`, or the MailstackError that explains its refusal."""
+    if result.code == WRONG_PASSPHRASE:
+        raise MailstackError(f"{result.host}: wrong passphrase; the store stays locked and "
+                             "nothing was changed")
+    if result.code == NOT_INITIALIZED:
+        raise MailstackError(f"{result.host}: there is no encrypted store yet; run "
+                             "`mailstack deploy` first")
+    if result.code != 0 or not result.data.get("ok"):
+        raise MailstackError(f"{result.host}: unlock failed: {result.data.get('error')}")
+    return result
 
 
 def status(site: Site, host: str | None = None) -> list[ToolResult]:
-    results = []
-    for h in hosts(site, host):
-        result = run_tool(site, h, "status", timeout=30)
-        if not result.data.get("ok"):
-            raise MailstackError(f"{h.name}: status failed: {result.data.get('error')}")
-        results.append(result)
-    return results
+    return [status_of(run_tool(site, h, "status", timeout=30)) for h in hosts(site, host)]
+
+
+def status_of(result: ToolResult) -> ToolResult:
+    """The tool's answer to `status`, or the MailstackError that explains its failure."""
+    if not result.data.get("ok"):
+        raise MailstackError(f"{result.host}: status failed: {result.data.get('error')}")
+    return result

@@ -158,12 +158,16 @@ def do_mount(c, secret):
     proc = as_mail_user(c, mount_cmd(c), input=secret + "\n")
     if proc.returncode != 0:
         text = (proc.stderr + proc.stdout).strip()
-        # gocryptfs exits 12 on a wrong password; EncFS says so in its output.
-        wrong = (c["encryption"] == "gocryptfs" and proc.returncode == 12) or \
-            "invalid password" in text.lower() or "incorrect" in text.lower()
-        if wrong:
+        if wrong_passphrase(c["encryption"], proc.returncode, text):
             fail("wrong passphrase: the store stays locked", WRONG_PASSPHRASE)
         fail("mount failed: " + text)
+
+
+def wrong_passphrase(encryption, returncode, output):
+    """Whether a failed mount was refused for its passphrase: gocryptfs exits 12 on a wrong
+    password; EncFS says so in its output ("Error decoding volume key, password incorrect")."""
+    return (encryption == "gocryptfs" and returncode == 12) or \
+        "invalid password" in output.lower() or "incorrect" in output.lower()
 
 
 def queue_size():

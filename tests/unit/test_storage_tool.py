@@ -1,0 +1,295 @@
+"""The host tool mailstack-storage (mailstack/host/storage_tool.py): its state logic on real
+directories (as root, with the mail user's uid/gid of the rendered storage.json), the mount
+command, the wrong-passphrase test, and its command line run as a real process. Mounting
+itself needs gocryptfs/EncFS and FUSE: the container test bed covers it."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from mailstack.host import storage_tool as tool
+from mailstack.host.storage_tool import ERROR, NOT_INITIALIZED, OK, WRONG_PASSPHRASE
+
+MARKERS = {"gocryptfs": "gocryptfs.conf", "encfs": ".encfs6.xml"}
+
+
+def owner(path) -> tuple[int, int]:
+    st = os.lstat(path)
+    return st.st_uid, st.st_gid
+
+
+def mkstore(conf: dict) -> None:
+    """An initialised store as far as the tool can tell: the cipher dir and its config file."""
+    Path(conf["cipher_dir"]).mkdir()
+    Path(conf["cipher_dir"], MARKERS[conf["encryption"]]).write_text("{}")
+
+
+def failure(capsys, excinfo) -> tuple[int, dict]:
+    """(exit code, the JSON line) of a tool function that failed in-process."""
+    return excinfo.value.code, json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_the_exit_codes_are_the_documented_ones():
+    assert (OK, ERROR, WRONG_PASSPHRASE, NOT_INITIALIZED) == (0, 1, 3, 4)
+    assert (f"Exit codes: {OK} ok, {ERROR} error, {WRONG_PASSPHRASE} wrong passphrase, "
+            f"{NOT_INITIALIZED} store not initialized.") in tool.__doc__
+
+
+# --- initialized, has_files, mounted, state ---
+
+@pytest.mark.parametrize("method", ["gocryptfs", "encfs"])
+def test_initialized_means_the_methods_own_config_file(storage_conf, method):
+    conf = storage_conf(method)
+    assert not tool.initialized(conf)
+    Path(conf["cipher_dir"]).mkdir()
+    other = next(m for name, m in MARKERS.items() if name != method)
+    Path(conf["cipher_dir"], other).write_text("{}")
+    assert not tool.initialized(conf)  # the other method's file is not this store
+    Path(conf["cipher_dir"], MARKERS[method]).write_text("{}")
+    assert tool.initialized(conf)
+
+
+def test_an_unknown_method_is_never_initialized(storage_conf):
+    conf = storage_conf("luks")
+    Path(conf["cipher_dir"]).mkdir()
+    for marker in MARKERS.values():
+        Path(conf["cipher_dir"], marker).write_text("{}")
+    assert not tool.initialized(conf)
+
+
+def test_has_files_ignores_empty_directories(tmp_path):
+    maildir = tmp_path / "example.org" / "alice" / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (maildir / sub).mkdir(parents=True)
+    assert not tool.has_files(tmp_path)
+    (maildir / "new" / "1700000000.M1P1.mail").write_text("Subject: hi\n\nhi\n")
+    assert tool.has_files(tmp_path)
+    assert not tool.has_files(tmp_path / "nonexistent")
+
+
+def test_mounted_reads_the_mount_table(tmp_path):
+    assert tool.mounted("/")
+    assert tool.mounted("/proc")
+    assert not tool.mounted(str(tmp_path))
+
+
+def test_a_new_encrypted_store_is_locked_and_not_initialized(storage_conf):
+    assert tool.state(storage_conf()) == {
+        "encryption": "gocryptfs", "initialized": False, "mounted": False, "locked": True,
+        "plain_mail": False, "migrating": False}
+
+
+def test_an_initialised_store_is_locked_until_mounted(storage_conf):
+    conf = storage_conf("encfs")
+    mkstore(conf)
+    Path(conf["root"]).mkdir()
+    state = tool.state(conf)
+    assert (state["initialized"], state["locked"], state["mounted"]) == (True, True, False)
+    assert not state["plain_mail"]
+
+
+def test_mail_under_the_bare_mountpoint_is_plain_mail(storage_conf):
+    conf = storage_conf()
+    mkstore(conf)
+    Path(conf["root"], "example.org", "alice").mkdir(parents=True)
+    Path(conf["root"], "example.org", "alice", "1.eml").write_text("x")
+    state = tool.state(conf)
+    assert state["plain_mail"] and state["locked"]
+
+
+def test_a_store_that_is_not_encrypted(storage_conf):
+    conf = storage_conf("none")
+    Path(conf["root"]).mkdir()
+    assert tool.state(conf) == {
+        "encryption": "none", "initialized": True, "mounted": False, "locked": False,
+        "plain_mail": False, "migrating": False}
+    Path(conf["root"], "1.eml").write_text("x")
+    assert tool.state(conf)["plain_mail"]
+
+
+def test_mail_set_aside_by_a_switch_is_migrating(storage_conf):
+    conf = storage_conf()
+    assert not tool.state(conf)["migrating"]
+    Path(conf["root"] + ".migrating").mkdir()
+    assert tool.state(conf)["migrating"]
+
+
+def test_a_mounted_root_is_unlocked_and_never_plain_mail(storage_conf):
+    conf = dict(storage_conf(), root="/")  # a mount point that exists everywhere (and has files)
+    state = tool.state(conf)
+    assert (state["mounted"], state["locked"], state["plain_mail"]) == (True, False, False)
+
+
+# --- the mountpoint and the mail user's tree ---
+
+def test_prepare_mountpoint_creates_it_for_the_mail_user(storage_conf, as_root):
+    conf = storage_conf()
+    tool.prepare_mountpoint(conf)
+    st = os.stat(conf["root"])
+    assert (st.st_uid, st.st_gid) == (conf["uid"], conf["gid"]) == (5000, 5000)
+    assert stat.S_IMODE(st.st_mode) == 0o700
+
+
+def test_prepare_mountpoint_takes_over_an_empty_root_owned_directory(storage_conf, as_root):
+    conf = storage_conf()
+    Path(conf["root"]).mkdir(mode=0o755)
+    assert owner(conf["root"]) == (0, 0)
+    tool.prepare_mountpoint(conf)
+    assert owner(conf["root"]) == (5000, 5000)
+    assert stat.S_IMODE(os.stat(conf["root"]).st_mode) == 0o700
+
+
+@pytest.mark.parametrize("content", ["file", "empty directory"])
+def test_prepare_mountpoint_refuses_a_non_empty_directory_and_leaves_it(storage_conf, capsys,
+                                                                      content):
+    conf = storage_conf()
+    root = Path(conf["root"])
+    root.mkdir(mode=0o755)
+    if content == "file":
+        (root / "1.eml").write_text("x")
+    else:
+        (root / "example.org").mkdir()
+    before = (owner(root), stat.S_IMODE(root.stat().st_mode), sorted(os.listdir(root)))
+    with pytest.raises(SystemExit) as exc:
+        tool.prepare_mountpoint(conf)
+    code, answer = failure(capsys, exc)
+    assert code == ERROR
+    assert answer["ok"] is False
+    assert answer["error"].startswith(f"{root} is not empty while the store is not mounted; "
+                                      "mounting would hide those files")
+    assert (owner(root), stat.S_IMODE(root.stat().st_mode), sorted(os.listdir(root))) == before
+
+
+def test_chown_tree_gives_the_store_to_the_mail_user_without_following_links(tmp_path, as_root):
+    outside = tmp_path / "outside"
+    outside.write_text("not the store's")
+    store = tmp_path / "vhosts.crypt"
+    (store / "d1" / "d2").mkdir(parents=True)
+    (store / "gocryptfs.conf").write_text("{}")
+    (store / "d1" / "d2" / "f").write_text("x")
+    (store / "d1" / "link").symlink_to(outside)
+    tool.chown_tree(str(store), 5000, 5000)
+    for dirpath, dirnames, filenames in os.walk(store):
+        for name in [dirpath, *(os.path.join(dirpath, n) for n in dirnames + filenames)]:
+            assert owner(name) == (5000, 5000), name
+    assert owner(outside) == (0, 0)
+
+
+# --- the mount command and the wrong-passphrase test ---
+
+def test_gocryptfs_mounts_for_other_users_and_reads_the_passphrase_from_stdin(storage_conf):
+    conf = storage_conf("gocryptfs")
+    argv = tool.mount_cmd(conf)
+    assert argv[0] == "gocryptfs"
+    assert "-allow_other" in argv
+    assert argv[-2:] == [conf["cipher_dir"], conf["root"]]
+    # nothing but fixed flags and the two paths: no passphrase, no file or program giving one
+    assert set(argv) - {conf["cipher_dir"], conf["root"]} == {"gocryptfs", "-q", "-allow_other",
+                                                            "-noprealloc"}
+
+
+def test_encfs_mounts_for_other_users_and_reads_the_passphrase_from_stdin(storage_conf):
+    conf = storage_conf("encfs")
+    argv = tool.mount_cmd(conf)
+    assert argv[0] == "encfs"
+    assert argv[argv.index("-o") + 1] == "allow_other"
+    assert "--stdinpass" in argv
+    assert argv[-2:] == [conf["cipher_dir"], conf["root"]]
+    assert set(argv) - {conf["cipher_dir"], conf["root"]} == {"encfs", "--stdinpass", "-o",
+                                                            "allow_other"}
+
+
+@pytest.mark.parametrize(("encryption", "code", "output", "wrong"), [
+    ("gocryptfs", 12, "", True),  # gocryptfs' exit code for an incorrect password
+    ("encfs", 1, "Error decoding volume key, password incorrect", True),  # EncFS says so
+    ("encfs", 12, "fuse: mountpoint is not empty", False),  # 12 means it only for gocryptfs
+    ("gocryptfs", 10, "fuse: mountpoint is not empty", False),
+    ("gocryptfs", 1, "fusermount: option allow_other only allowed if 'user_allow_other' is set "
+                     "in /etc/fuse.conf", False),
+    ("encfs", 1, "fuse: device not found, try 'modprobe fuse' first", False),
+])
+def test_wrong_passphrase(encryption, code, output, wrong):
+    assert tool.wrong_passphrase(encryption, code, output) is wrong
+
+
+# --- the command line, run as a real process ---
+
+@pytest.mark.parametrize("args", [(), ("state", "extra")])
+def test_without_exactly_one_verb_it_prints_its_usage(storage_conf, host_tool, args):
+    proc = host_tool(storage_conf(), *args)
+    assert proc.returncode == ERROR
+    assert proc.stdout.startswith("mailstack-storage: the encrypted mail store on this host")
+    assert "mailstack-storage unlock" in proc.stdout
+
+
+def test_an_unknown_verb_is_a_json_error(storage_conf, host_tool):
+    proc = host_tool(storage_conf(), "frobnicate")
+    assert proc.returncode == ERROR
+    assert json.loads(proc.stdout) == {"ok": False, "error": "unknown command frobnicate"}
+
+
+def test_state_prints_what_state_computes(storage_conf, host_tool):
+    conf = storage_conf("encfs")
+    mkstore(conf)
+    Path(conf["root"] + ".migrating").mkdir()
+    proc = host_tool(conf, "state")
+    assert proc.returncode == OK, proc.stderr
+    assert json.loads(proc.stdout) == tool.state(conf)
+    assert json.loads(proc.stdout)["migrating"] is True
+
+
+def test_unlock_of_a_store_that_does_not_exist_yet(storage_conf, host_tool):
+    proc = host_tool(storage_conf(), "unlock", stdin="secret\n")
+    assert proc.returncode == NOT_INITIALIZED
+    assert json.loads(proc.stdout) == {
+        "ok": False, "error": "the encrypted store does not exist yet: run `mailstack deploy`"}
+
+
+@pytest.mark.parametrize("verb", ["unlock", "mount"])
+def test_no_passphrase_on_stdin_is_refused(storage_conf, host_tool, verb):
+    conf = storage_conf()
+    mkstore(conf)
+    proc = host_tool(conf, verb, stdin="")
+    assert proc.returncode == ERROR
+    assert json.loads(proc.stdout) == {"ok": False, "error": "no passphrase on standard input"}
+
+
+def test_init_refuses_an_existing_store_and_a_plain_one(storage_conf, host_tool):
+    conf = storage_conf()
+    mkstore(conf)
+    proc = host_tool(conf, "init", stdin="secret\n")
+    assert (proc.returncode, json.loads(proc.stdout)["error"]) == (
+        ERROR, "the encrypted store is already initialised")
+    proc = host_tool(storage_conf("none"), "init", stdin="secret\n")
+    assert (proc.returncode, json.loads(proc.stdout)["error"]) == (
+        ERROR, "storage.encryption is none: nothing to initialise")
+
+
+def test_lock_of_a_store_that_is_not_mounted(storage_conf, host_tool):
+    conf = storage_conf()
+    mkstore(conf)
+    proc = host_tool(conf, "lock")
+    assert proc.returncode == OK, proc.stderr
+    assert json.loads(proc.stdout) == {"ok": True, "already_locked": True}
+
+
+def test_unlock_hands_the_store_to_the_mail_user_then_refuses_to_hide_mail(storage_conf,
+                                                                           host_tool, as_root):
+    """A store created by root (before the daemon ran as the mail user) is given to the mail
+    user; mail under the bare mountpoint stops the mount before anything runs."""
+    conf = storage_conf()
+    mkstore(conf)
+    Path(conf["root"]).mkdir()
+    Path(conf["root"], "1.eml").write_text("x")
+    proc = host_tool(conf, "unlock", stdin="secret\n")
+    assert proc.returncode == ERROR, proc.stderr
+    assert "is not empty while the store is not mounted" in json.loads(proc.stdout)["error"]
+    assert owner(conf["cipher_dir"]) == owner(Path(conf["cipher_dir"], "gocryptfs.conf")) == (
+        5000, 5000)
+    assert owner(conf["root"]) == (0, 0)
+    assert "secret" not in proc.stdout + proc.stderr
