@@ -71,7 +71,7 @@ GOLDEN_STORAGE_JSON = (Path(__file__).parent / "golden" / "mail.example.org" / "
                        / "storage.json")
 
 # Runs the shipped file (not the package module) with its CONF pointed at a test conf.
-_RUN_TOOL = """
+RUN_TOOL = """
 import importlib.util, sys
 spec = importlib.util.spec_from_file_location("mailstack_storage", sys.argv.pop(1))
 tool = importlib.util.module_from_spec(spec)
@@ -110,7 +110,7 @@ def host_tool(tmp_path: Path) -> HostTool:
     def run(conf: dict, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
         conf_file = tmp_path / "storage.json"
         conf_file.write_text(json.dumps(conf))
-        return subprocess.run([sys.executable, "-I", "-c", _RUN_TOOL, storage_tool.__file__,
+        return subprocess.run([sys.executable, "-I", "-c", RUN_TOOL, storage_tool.__file__,
                                str(conf_file), *args], input=stdin, capture_output=True,
                               text=True, timeout=30, check=False)
     return run

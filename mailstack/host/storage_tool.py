@@ -166,8 +166,9 @@ def do_mount(c, secret):
 def wrong_passphrase(encryption, returncode, output):
     """Whether a failed mount was refused for its passphrase: gocryptfs exits 12 on a wrong
     password; EncFS says so in its output ("Error decoding volume key, password incorrect")."""
-    return (encryption == "gocryptfs" and returncode == 12) or \
-        "invalid password" in output.lower() or "incorrect" in output.lower()
+    if encryption == "gocryptfs":
+        return returncode == 12
+    return "password incorrect" in output.lower() or "invalid password" in output.lower()
 
 
 def queue_size():
@@ -232,8 +233,13 @@ def main():
     if len(sys.argv) != 2:
         print(__doc__)
         sys.exit(ERROR)
-    c = conf()
     verb = sys.argv[1]
+    if verb not in ("state", "init", "unlock", "mount", "lock", "status"):
+        fail("unknown command " + verb)
+    try:
+        c = conf()
+    except (OSError, ValueError) as exc:
+        fail(f"cannot read {CONF} ({exc}): run `mailstack deploy` first")
     if verb == "state":
         print(json.dumps(state(c)))
     elif verb == "init":
@@ -246,8 +252,6 @@ def main():
         cmd_lock(c)
     elif verb == "status":
         cmd_status(c)
-    else:
-        fail("unknown command " + verb)
 
 
 if __name__ == "__main__":

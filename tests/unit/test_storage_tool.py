@@ -8,9 +8,12 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from conftest import RUN_TOOL
 
 from mailstack.host import storage_tool as tool
 from mailstack.host.storage_tool import ERROR, NOT_INITIALIZED, OK, WRONG_PASSPHRASE
@@ -231,6 +234,20 @@ def test_an_unknown_verb_is_a_json_error(storage_conf, host_tool):
     proc = host_tool(storage_conf(), "frobnicate")
     assert proc.returncode == ERROR
     assert json.loads(proc.stdout) == {"ok": False, "error": "unknown command frobnicate"}
+
+
+@pytest.mark.parametrize("content", [None, "{not json"])
+def test_a_missing_or_damaged_conf_is_a_json_error(tmp_path, content):
+    conf_file = tmp_path / "missing.json"
+    if content is not None:
+        conf_file.write_text(content)
+    proc = subprocess.run([sys.executable, "-I", "-c", RUN_TOOL, tool.__file__,
+                           str(conf_file), "status"], capture_output=True, text=True,
+                          timeout=30, check=False)
+    assert proc.returncode == ERROR, proc.stderr
+    assert "Traceback" not in proc.stderr
+    answer = json.loads(proc.stdout)
+    assert answer["ok"] is False and "run `mailstack deploy` first" in answer["error"]
 
 
 def test_state_prints_what_state_computes(storage_conf, host_tool):
