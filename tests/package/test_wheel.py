@@ -81,7 +81,7 @@ def test_the_installed_cli_runs_every_command(venv, tmp_path):
               "--host", "127.0.0.1", "--ssh-port", CLOSED_PORT)
     site = ["--site", "site"]
     mailstack(*site, "user", "add", "alice@example.org", "--password-stdin", input=PASSWORD)
-    mailstack(*site, "alias", "add", "postmaster@example.org", "alice@example.org")
+    mailstack(*site, "alias", "add", "team@example.org", "alice@example.org")
     mailstack(*site, "domain", "add", "example.net")
     assert "alice@example.org" in mailstack(*site, "user", "list").stdout
     rendered = mailstack(*site, "render").stdout
