@@ -129,8 +129,12 @@ def domain_add(ctx: typer.Context, domain: Annotated[str, typer.Argument()]) -> 
     from mailstack.site.accounts import add_domain
 
     added = add_domain(opts(ctx).site(), domain)
-    typer.echo(f"added domain {added} with a new DKIM key; publish its DNS records, then "
-               "`mailstack deploy`")
+    typer.echo(f"added domain {added.domain} with a new DKIM key; publish its DNS records "
+               "(`mailstack dns`), then `mailstack deploy`")
+    if added.postmaster_alias:
+        typer.echo(f"  and the alias {added.postmaster_alias}: every domain needs a postmaster")
+    else:
+        typer.echo(f"  its first user becomes postmaster@{added.domain} (every domain needs one)")
 
 
 @domain_app.command("remove")

@@ -71,6 +71,12 @@ class UserAdded:
 
 
 @dataclass(frozen=True)
+class DomainAdded:
+    domain: str
+    postmaster_alias: str | None  # "postmaster@new -> postmaster@primary", when made
+
+
+@dataclass(frozen=True)
 class UserRow:
     address: str
     quota: int
@@ -216,18 +222,26 @@ def list_aliases(site: Site) -> dict[str, list[str]]:
 
 
 @edits_site
-def add_domain(site: Site, domain: str) -> str:
+def add_domain(site: Site, domain: str) -> DomainAdded:
     domain = _domain(domain)
-    if domain in site.config.domains:
+    cfg = site.config
+    if domain in cfg.domains:
         raise MailstackError(f"domain {domain} is already declared")
     _block(site.doc.data, "domains", CommentedSeq).append(domain)
+    # Its postmaster (every domain needs one) reads the site's postmaster mail, if that exists
+    # yet; otherwise the domain's first user becomes it (add_user).
+    site_postmaster = f"postmaster@{cfg.primary_domain}"
+    postmaster = None
+    if cfg.mailbox(site_postmaster) or site_postmaster in cfg.aliases:
+        postmaster = f"postmaster@{domain}"
+        _block(site.doc.data, "aliases", CommentedMap)[postmaster] = site_postmaster
     secrets_changed = False
     # An existing key is kept (re-adding a domain must not force a DNS change).
     if domain not in site.secrets.dkim:
         site.secrets.dkim[domain] = new_dkim_key()
         secrets_changed = True
     site.commit(secrets=secrets_changed)
-    return domain
+    return DomainAdded(domain, f"{postmaster} -> {site_postmaster}" if postmaster else None)
 
 
 @edits_site

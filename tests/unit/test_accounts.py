@@ -42,6 +42,16 @@ def test_a_domains_first_user_becomes_its_postmaster(cli):
     assert "postmaster@example.org: add a user" in result.output
 
 
+def test_a_new_domains_postmaster_reads_the_sites_postmaster_mail(cli):
+    result = cli("domain", "add", "example.net")
+    assert "its first user becomes postmaster@example.net" in result.output
+    assert cli("domain", "remove", "example.net").exit_code == 0
+    add_user(cli, "alice@example.org")
+    result = cli("domain", "add", "example.net")
+    assert "the alias postmaster@example.net -> postmaster@example.org" in result.output
+    assert "postmaster@example.net -> postmaster@example.org" in cli("alias", "list").output
+
+
 def test_user_list_shows_users_and_their_aliases(cli):
     add_user(cli, "alice@example.org")
     cli("alias", "add", "postmaster@example.org", "alice@example.org")
