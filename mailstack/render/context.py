@@ -93,6 +93,7 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
             "domains": domains,
             "primary_domain": cfg.primary_domain,
             "admin_email": cfg.admin_email,
+            "verify_address": verify_address(cfg),
             "message_size_limit": cfg.options.message_size_limit,
             "mynetworks": "127.0.0.0/8 [::1]/128",
             "vmail": dict(VMAIL),

@@ -149,5 +149,6 @@ def refusals(t: Target) -> list[tuple[str, Probe]]:
     return [
         *[(label, lambda r=rcpt: refused_on_25(t, r)) for label, rcpt in relays],
         ("unknown recipient refused at RCPT", lambda: refused_on_25(t, unknown)),
+        ("mail from outside to the verify mailbox refused", lambda: refused_on_25(t, t.user)),
         ("sender not owned by the user refused", lambda: spoofed_sender_refused(t)),
     ]

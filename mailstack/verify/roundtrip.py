@@ -12,7 +12,7 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import TYPE_CHECKING
 
-from mailstack.verify.clients import imaps, smtp
+from mailstack.verify.clients import HELO_NAME, imaps, smtp
 from mailstack.verify.dkim import check_signature
 from mailstack.verify.probes import Target
 
@@ -39,6 +39,15 @@ def submit(t: Target, port: int, token: str) -> tuple[bool, str]:
         s.login(t.user, t.password)
         refused = s.send_message(message(t, token))
         return not refused, f"accepted for delivery ({tls})"
+
+
+def hides_client(raw: bytes) -> tuple[bool, str]:
+    """Submitted mail must not carry a Received header naming the user's computer (our HELO
+    name stands in for it) or address: the submission cleanup drops it."""
+    headers = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+    if HELO_NAME.encode() in headers:
+        return False, f"a Received header names the client ({HELO_NAME})"
+    return True, "no Received header of the submitting client"
 
 
 def take_message(imap: imaplib.IMAP4_SSL, token: str) -> bytes | None:
@@ -77,6 +86,7 @@ def round_trip(t: Target, rec: Recorder) -> None:
     try:
         imap.login(t.user, t.password)
         rec.record("IMAPS login", True, f"as {t.user}")
+        imap.select("INBOX")
         for port, token in tokens.items():
             if not submitted[port]:
                 continue
@@ -86,6 +96,8 @@ def round_trip(t: Target, rec: Recorder) -> None:
                            f"not in INBOX after {DELIVERY_WAIT:.0f} s (see the mail log)")
                 continue
             rec.record(f"message from {port} delivered to IMAP", True, "found in INBOX")
+            rec.attempt(f"message from {port} does not reveal the sender's computer",
+                        lambda raw=raw: hides_client(raw))
             rec.attempt(f"message from {port} DKIM-signed and valid",
                         lambda raw=raw: check_signature(raw, t.dkim_keys))
         imap.expunge()

@@ -34,7 +34,7 @@ def rendered(tmp_path_factory) -> Path:
         ["--site", str(site), "domain", "add", "example.net"],
         ["--site", str(site), "user", "add", "alice@example.org", "--password-stdin"],
         ["--site", str(site), "user", "add", "bob@example.net", "--password-stdin"],
-        ["--site", str(site), "alias", "add", "postmaster@example.org", "alice@example.org"],
+        # postmaster@example.org -> alice: the domain's first user (automatic)
         ["--site", str(site), "alias", "add", "team@example.net", "alice@example.org",
          "bob@example.net", "friend@elsewhere.test"],
         ["--site", str(site), "relay", "set", "[smtp.relay.test]:587", "relayuser",
@@ -95,6 +95,7 @@ def test_postfix_accepts_main_cf_and_master_cf(host):
     ("bounce_queue_lifetime", "5d"),
     ("milter_default_action", "tempfail"),
     ("relayhost", "[smtp.relay.test]:587"),
+    ("smtpd_etrn_restrictions", "reject"),
 ])
 def test_postfix_effective_values(host, param, expected):
     proc = run(host, "postconf", "-h", param)
@@ -114,6 +115,11 @@ def test_postfix_relay_restrictions_refuse_unauthenticated_relay(host):
     assert "submission/inet/smtpd_tls_security_level = encrypt" in params
     assert "submissions/inet/smtpd_tls_wrappermode = yes" in params
     assert "submission/inet/smtpd_sasl_auth_enable = yes" in params
+    # Submitted mail is cleaned of the Received header naming the user's computer.
+    for service in ("submission/inet", "submissions/inet"):
+        assert f"{service}/cleanup_service_name = subcleanup" in params
+    assert ("subcleanup/unix/header_checks = regexp:{ {/^Received:/ IGNORE}, "
+            "{/^X-Originating-IP:/ IGNORE} }") in params
 
 
 def test_postfix_checker_catches_a_bad_parameter(host):

@@ -78,7 +78,10 @@ def test_verify_passes_every_check(deployed):
                      "unknown recipient refused at RCPT",
                      "sender not owned by the user refused",
                      "message from 587 DKIM-signed and valid",
-                     "message from 465 DKIM-signed and valid"):
+                     "message from 465 DKIM-signed and valid",
+                     "mail from outside to the verify mailbox refused",
+                     "message from 587 does not reveal the sender's computer",
+                     "message from 465 does not reveal the sender's computer"):
         assert expected in names
     assert result.returncode == 0
 
@@ -280,3 +283,14 @@ def test_milter_down_means_4xx_never_unsigned_mail(deployed):
         assert b"DKIM-Signature:" in fetched[0][1]
     finally:
         imap.logout()
+
+
+def test_etrn_is_refused(deployed):
+    """Nobody outside may make the server flush its queue for a domain."""
+    import smtplib
+
+    with smtplib.SMTP(sandbox.sandbox_status().ip, 25, timeout=20,
+                      local_hostname="client.test") as smtp:
+        smtp.ehlo()
+        code, reply = smtp.docmd("ETRN", "sandbox.test")
+        assert code >= 500, reply
