@@ -38,6 +38,8 @@ DB_NAME = "mailstack"
 POSTFIX_QUEUE_DIR = "/var/spool/postfix"
 LMTP_SOCKET = "private/dovecot-lmtp"  # relative to Postfix's queue directory (its chroot)
 AUTH_SOCKET = "private/auth"
+# The ports the mail services listen on, open in the firewall with the host's SSH port.
+MAIL_PORTS = {"smtp": 25, "submissions": 465, "submission": 587, "imaps": 993}
 # Services that must never run without the mounted store, and those `mailstack status` shows.
 STORE_BOUND_SERVICES = ["dovecot"]
 STATUS_SERVICES = ["postfix", "dovecot", "opendkim", "mariadb"]
@@ -88,7 +90,11 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
     })
     return {
         "managed_header": MANAGED_HEADER,
-        "host": {"name": host.name, "hostname": cfg.hostname},
+        "host": {"name": host.name, "hostname": cfg.hostname, "ssh_port": host.ssh_port},
+        "ports": dict(MAIL_PORTS),
+        # The port this host is reached on for SSH is always open: a ruleset without it would
+        # lock out every later deploy and `mailstack unlock`.
+        "firewall": {"tcp_ports": sorted({host.ssh_port, *MAIL_PORTS.values()})},
         "mail": {
             "domains": domains,
             "primary_domain": cfg.primary_domain,
@@ -162,6 +168,8 @@ def host_vars(context: dict[str, Any]) -> dict[str, Any]:
     storage = context["storage"]
     return {
         "mailstack_hostname": context["host"]["hostname"],
+        "mailstack_ssh_port": context["host"]["ssh_port"],
+        "mailstack_firewall_tcp_ports": list(context["firewall"]["tcp_ports"]),
         "mailstack_vmail": dict(context["mail"]["vmail"]),
         "mailstack_tls": {"dir": TLS_DIR, "key_file": context["tls"]["key_file"],
                           "cert_file": context["tls"]["cert_file"]},

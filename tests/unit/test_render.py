@@ -145,3 +145,14 @@ def test_encfs_choice_prints_its_weakness_warning(cli, tmp_path):
     assert "EncFS has known weaknesses" in result.output
     storage = (tmp_path / "b/mail.example.org/etc/mailstack/storage.json").read_text()
     assert '"encryption": "encfs"' in storage
+
+
+def test_the_firewall_opens_the_port_the_host_is_reached_on():
+    """With SSH on 2222, a firewall opening 22 would lock out every later deploy and unlock."""
+    import yaml
+
+    host = InventoryHost("mail.example.org", "203.0.113.7", "root", 2222, None)
+    files = {str(f.path): f.content for f in render_host(CONFIG, fake_secrets(), host)}
+    facts = yaml.safe_load(files["mailstack_vars.yml"])
+    assert facts["mailstack_ssh_port"] == 2222
+    assert facts["mailstack_firewall_tcp_ports"] == [25, 465, 587, 993, 2222]
