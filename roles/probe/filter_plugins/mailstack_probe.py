@@ -1,0 +1,68 @@
+# Managed by mailstack (roles/probe).
+"""Filters that describe rendered files on the controller for the mailstack_probe module.
+
+The roles compare each file they would place with the host's copy by checksum: these
+filters compute the checksums of the rendered files (on the controller, where the files
+are; secret files never leave it for this) and list a rendered directory's files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+from ansible.errors import AnsibleFilterError
+
+
+def mailstack_sha256(path):
+    """sha256 of a controller file's bytes (what the copy module would compare)."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 16), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise AnsibleFilterError(f"mailstack_sha256: cannot read {path}: {exc}") from exc
+    return digest.hexdigest()
+
+
+def mailstack_expect(src, dest, attrs=None, **more):
+    """The mailstack_probe file entry for copying the controller file src to dest on the
+    host: a regular file with src's checksum, and the attributes given as a dict and/or
+    keywords (owner, group, mode, label)."""
+    return {"path": str(dest), "state": "file", "sha256": mailstack_sha256(src),
+            **(attrs or {}), **more}
+
+
+def mailstack_expect_tree(src_dir, dest_dir, attrs=None, **more):
+    """One mailstack_probe file entry per regular file below the controller directory
+    src_dir, at the same relative path below dest_dir on the host: what copying
+    `src_dir/` to `dest_dir/` would produce. The attributes (owner, group, mode, label; a
+    dict and/or keywords) go into every entry."""
+    src_dir = str(src_dir)
+    if not os.path.isdir(src_dir):
+        raise AnsibleFilterError(f"mailstack_expect_tree: {src_dir} is not a directory")
+    entries = []
+    for dirpath, dirnames, filenames in os.walk(src_dir):
+        dirnames.sort()
+        for name in sorted(filenames):
+            src = os.path.join(dirpath, name)
+            rel = os.path.relpath(src, src_dir)
+            entries.append(mailstack_expect(src, os.path.join(str(dest_dir), rel), attrs, **more))
+    return entries
+
+
+def mailstack_expect_paths(paths, attrs=None, **more):
+    """The same mailstack_probe file entry (state, owner, group, mode, sha256, label; a
+    dict and/or keywords) for each of several host paths."""
+    return [{"path": str(p), **(attrs or {}), **more} for p in paths]
+
+
+class FilterModule:
+    def filters(self):
+        return {
+            "mailstack_sha256": mailstack_sha256,
+            "mailstack_expect": mailstack_expect,
+            "mailstack_expect_tree": mailstack_expect_tree,
+            "mailstack_expect_paths": mailstack_expect_paths,
+        }
