@@ -241,7 +241,7 @@ def deployed(tmp_path_factory) -> Iterator[Deployed]:
     name = f"mailstack-roles-probe-{secrets.token_hex(3)}"
     site = tmp_path_factory.mktemp("probe") / "site"
     try:
-        host = testbed.start_host(name, testbed.stack_image(), hostname="mail.probe.test",
+        host = testbed.start_host(name, testbed.base_image(), hostname="mail.probe.test",
                                   ssh_pubkey=key.with_suffix(".pub").read_text())
         cli = [sys.executable, "-m", "mailstack"]
         for args, stdin in (
@@ -286,3 +286,31 @@ def test_drift_is_reported_by_check_and_repaired(deployed: Deployed) -> None:
     broken = [check for _, check in [*DRIFT, tool] if deployed.sh(check).returncode != 0]
     assert not broken, f"not repaired: {broken}"
     assert deployed.playbook() == 0
+
+
+# --------------------------------------------------------------------------- staging
+
+stage = _load(REPO / "roles" / "common" / "library" / "mailstack_stage.py", "mailstack_stage")
+
+
+def test_stage_writes_the_tree_root_only(tmp_path: Path) -> None:
+    src = tmp_path / "build" / "mail.example.org"
+    (src / "etc" / "postfix").mkdir(parents=True)
+    (src / "etc" / "postfix" / "main.cf").write_bytes(b"myhostname = x\n")
+    (src / "etc" / "x.sql").write_bytes(b"\x00binary\xff")
+    files = filters.mailstack_tree_content(str(src))
+    assert set(files) == {"etc/postfix/main.cf", "etc/x.sql"}
+    dest = tmp_path / "run" / "rendered"
+    dest.mkdir(parents=True)
+    (dest / "stale").write_text("left by an interrupted run")
+    assert stage.stage(str(dest), files) == 2
+    assert (dest / "etc" / "x.sql").read_bytes() == b"\x00binary\xff"
+    assert not (dest / "stale").exists()
+    assert dest.stat().st_mode & 0o777 == 0o700
+    assert (dest / "etc" / "postfix" / "main.cf").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("rel", ["../etc/passwd", "/etc/passwd", "a/../../b", "."])
+def test_stage_refuses_paths_outside_the_tree(tmp_path: Path, rel: str) -> None:
+    with pytest.raises(ValueError):
+        stage.safe_path(str(tmp_path), rel)

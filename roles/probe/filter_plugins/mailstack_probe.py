@@ -1,13 +1,15 @@
 # Managed by mailstack (roles/probe).
-"""Filters that describe rendered files on the controller for the mailstack_probe module.
+"""Filters over the rendered files on the controller, for the mailstack modules.
 
 The roles compare each file they would place with the host's copy by checksum: these
 filters compute the checksums of the rendered files (on the controller, where the files
-are; secret files never leave it for this) and list a rendered directory's files.
+are; no content leaves it for this) and list a rendered directory's files.
+mailstack_tree_content reads a whole tree for the common role's one-transfer staging.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 
@@ -58,6 +60,23 @@ def mailstack_expect_paths(paths, attrs=None, **more):
     return [{"path": str(p), **(attrs or {}), **more} for p in paths]
 
 
+def mailstack_tree_content(src_dir):
+    """Every regular file below the controller directory src_dir: relative path to its
+    base64-encoded bytes (what the common role's mailstack_stage module writes on the
+    host)."""
+    src_dir = str(src_dir)
+    if not os.path.isdir(src_dir):
+        raise AnsibleFilterError(f"mailstack_tree_content: {src_dir} is not a directory")
+    tree = {}
+    for dirpath, _, filenames in os.walk(src_dir):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if os.path.isfile(path) and not os.path.islink(path):
+                with open(path, "rb") as f:
+                    tree[os.path.relpath(path, src_dir)] = base64.b64encode(f.read()).decode()
+    return tree
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -65,4 +84,5 @@ class FilterModule:
             "mailstack_expect": mailstack_expect,
             "mailstack_expect_tree": mailstack_expect_tree,
             "mailstack_expect_paths": mailstack_expect_paths,
+            "mailstack_tree_content": mailstack_tree_content,
         }
