@@ -54,6 +54,18 @@ def mailstack_expect_tree(src_dir, dest_dir, attrs=None, **more):
     return entries
 
 
+def mailstack_tree_files(src_dir):
+    """The regular files below the controller directory src_dir, as sorted relative paths
+    (a role copies them one by one: a recursive copy of a tree holding a single file
+    reports no change even when it makes one, and never notifies its handler)."""
+    src_dir = str(src_dir)
+    if not os.path.isdir(src_dir):
+        raise AnsibleFilterError(f"mailstack_tree_files: {src_dir} is not a directory")
+    return sorted(os.path.relpath(os.path.join(d, n), src_dir)
+                  for d, _, names in os.walk(src_dir) for n in names
+                  if os.path.isfile(os.path.join(d, n)))
+
+
 def mailstack_expect_paths(paths, attrs=None, **more):
     """The same mailstack_probe file entry (state, owner, group, mode, sha256, label; a
     dict and/or keywords) for each of several host paths."""
@@ -85,4 +97,5 @@ class FilterModule:
             "mailstack_expect_tree": mailstack_expect_tree,
             "mailstack_expect_paths": mailstack_expect_paths,
             "mailstack_tree_content": mailstack_tree_content,
+            "mailstack_tree_files": mailstack_tree_files,
         }
