@@ -14,10 +14,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 HOST = "mail.example.org"
 ONLY_ALWAYS = "mailstack-no-such-tag"
+# The facts `mailstack render` writes for a host (site.yml loads them); the role defaults
+# refer to them.
+RENDERED_FACTS = REPO / "tests" / "golden" / HOST / "mailstack_vars.yml"
+ROLES = ("common", "tls", "mariadb", "opendkim", "storage", "dovecot", "postfix")
 
 
 def _ansible_playbook() -> str:
@@ -66,8 +71,31 @@ def test_site_accepts_a_rendered_site(tmp_path: Path, site_dir: Path) -> None:
     result = _run(tmp_path, REPO / "site.yml", "-e", f"mailstack_build_dir={site_dir / 'build'}")
     assert result.returncode == 0, result.stdout + result.stderr
     # every role's inputs were validated
-    for role in ("common", "tls", "mariadb", "opendkim", "dovecot", "postfix"):
+    for role in ROLES:
         assert f"{role} : Validating arguments against arg spec 'main'" in result.stdout
+
+
+def _play(tmp_path: Path, role: str, variable: str, value: str) -> Path:
+    playbook = tmp_path / "play.yml"
+    playbook.write_text(
+        f"- hosts: mail\n  gather_facts: false\n  vars_files: [{RENDERED_FACTS}]\n"
+        f"  roles:\n    - role: {role}\n"
+        f"      vars:\n        mailstack_build_dir: {tmp_path}\n        {variable}: {value}\n"
+    )
+    return playbook
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_role_accepts_its_defaults(tmp_path: Path, role: str) -> None:
+    # Its own defaults (which refer to the rendered facts) pass its argument spec.
+    result = _run(tmp_path, _play(tmp_path, role, "mailstack_unused", "0"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "The arg spec validation passed" in result.stdout or "ok:" in result.stdout
+
+
+STORE = ("{encryption: gocryptfs, root: /var/mail/vhosts, cipher_dir: /var/mail/vhosts.crypt, "
+         "mount_unit: var-mail-vhosts.mount, tool: /usr/local/sbin/mailstack-storage, "
+         "conf_file: /etc/mailstack/storage.json, bound_services: [dovecot]")
 
 
 @pytest.mark.parametrize(
@@ -76,18 +104,70 @@ def test_site_accepts_a_rendered_site(tmp_path: Path, site_dir: Path) -> None:
         ("common", "common__firewall_tcp_ports", "[ssh, smtp]"),
         ("common", "common__apt_install_recommends", "maybe"),
         ("tls", "tls__selfsigned_days", "forever"),
-        ("dovecot", "dovecot__vmail_uid", "vmail"),
         ("postfix", "postfix__debconf_selections", "[{name: postfix}]"),
+        # nested options
+        ("dovecot", "dovecot__vmail", "{user: vmail, group: vmail, root: /m, uid: 5000}"),
+        ("dovecot", "dovecot__vmail", "{user: vmail, root: /var/mail/vhosts}"),
+        ("storage", "storage__settings", STORE.replace("gocryptfs", "rot13") + "}"),
+        ("storage", "storage__settings", STORE.replace("root: /var/mail/vhosts, ", "") + "}"),
+        ("storage", "storage__settings", STORE.replace("[dovecot]", "{dovecot: yes}") + "}"),
+        ("storage", "storage__settings", STORE + ", mountpoint: /srv}"),
+        ("storage", "storage__vmail", "{user: vmail, group: vmail, uid: vmail, gid: 5000}"),
+        ("storage", "storage__packages_by_method", "{gocryptfs: [gocryptfs], encfs: [encfs]}"),
+        ("common", "common__debconf_selections",
+         "[{name: postfix, question: q, vtype: select}]"),
     ],
 )
 def test_role_refuses_a_mistyped_input(tmp_path: Path, role: str, variable: str,
                                        value: str) -> None:
-    playbook = tmp_path / "play.yml"
-    playbook.write_text(
-        f"- hosts: mail\n  gather_facts: false\n  roles:\n    - role: {role}\n"
-        f"      vars:\n        mailstack_build_dir: {tmp_path}\n        {variable}: {value}\n"
-    )
-    result = _run(tmp_path, playbook)
+    result = _run(tmp_path, _play(tmp_path, role, variable, value))
     assert result.returncode != 0
     assert "Validating arguments against arg spec" in result.stdout
     assert variable in result.stdout, result.stdout
+
+
+def _options(role: str) -> dict:
+    spec = yaml.safe_load((REPO / "roles" / role / "meta" / "argument_specs.yml").read_text())
+    return spec["argument_specs"]["main"]["options"]
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_argument_spec_documents_every_default(role: str) -> None:
+    """Every input in defaults/main.yml has a typed, described option whose default is the
+    same value, and the spec has no option without a default there."""
+    defaults = yaml.safe_load((REPO / "roles" / role / "defaults" / "main.yml").read_text())
+    options = _options(role)
+    assert sorted(options) == sorted(defaults)
+    for name, option in options.items():
+        assert option.get("type"), name
+        assert option.get("description"), name
+        assert option.get("default") == defaults[name], name
+        if option["type"] == "dict" or option.get("elements") == "dict":
+            assert option.get("options"), f"{name}: a dict needs nested options"
+            for key, sub in option["options"].items():
+                assert sub.get("type") and sub.get("description"), f"{name}.{key}"
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_role_defaults_repeat_no_rendered_fact(role: str) -> None:
+    """A value the renderer computes (mailstack_vars.yml) appears in no role default as a
+    literal: the defaults refer to the mailstack_* facts instead."""
+    facts = yaml.safe_load(RENDERED_FACTS.read_text())
+
+    def leaves(value):
+        if isinstance(value, dict):
+            for v in value.values():
+                yield from leaves(v)
+        elif isinstance(value, list):
+            for v in value:
+                yield from leaves(v)
+        else:
+            yield value
+
+    # Names that are also package or unit names (gocryptfs, dovecot) may appear as such.
+    shared_names = {facts["mailstack_storage"]["encryption"], *facts["mailstack_storage"]["bound_services"]}
+    rendered = {v for v in leaves(facts) if v not in shared_names}
+    text = (REPO / "roles" / role / "defaults" / "main.yml").read_text()
+    defaults = yaml.safe_load(text)
+    found = {v for v in leaves(defaults) if v in rendered}
+    assert not found, f"{role}/defaults/main.yml repeats rendered facts: {found}"

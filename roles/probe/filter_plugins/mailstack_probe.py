@@ -1,0 +1,101 @@
+# Managed by mailstack (roles/probe).
+"""Filters over the rendered files on the controller, for the mailstack modules.
+
+The roles compare each file they would place with the host's copy by checksum: these
+filters compute the checksums of the rendered files (on the controller, where the files
+are; no content leaves it for this) and list a rendered directory's files.
+mailstack_tree_content reads a whole tree for the common role's one-transfer staging.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+
+from ansible.errors import AnsibleFilterError
+
+
+def mailstack_sha256(path):
+    """sha256 of a controller file's bytes (what the copy module would compare)."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 16), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise AnsibleFilterError(f"mailstack_sha256: cannot read {path}: {exc}") from exc
+    return digest.hexdigest()
+
+
+def mailstack_expect(src, dest, attrs=None, **more):
+    """The mailstack_probe file entry for copying the controller file src to dest on the
+    host: a regular file with src's checksum, and the attributes given as a dict and/or
+    keywords (owner, group, mode, label)."""
+    return {"path": str(dest), "state": "file", "sha256": mailstack_sha256(src),
+            **(attrs or {}), **more}
+
+
+def mailstack_expect_tree(src_dir, dest_dir, attrs=None, **more):
+    """One mailstack_probe file entry per regular file below the controller directory
+    src_dir, at the same relative path below dest_dir on the host: what copying
+    `src_dir/` to `dest_dir/` would produce. The attributes (owner, group, mode, label; a
+    dict and/or keywords) go into every entry."""
+    src_dir = str(src_dir)
+    if not os.path.isdir(src_dir):
+        raise AnsibleFilterError(f"mailstack_expect_tree: {src_dir} is not a directory")
+    entries = []
+    for dirpath, dirnames, filenames in os.walk(src_dir):
+        dirnames.sort()
+        for name in sorted(filenames):
+            src = os.path.join(dirpath, name)
+            rel = os.path.relpath(src, src_dir)
+            entries.append(mailstack_expect(src, os.path.join(str(dest_dir), rel), attrs, **more))
+    return entries
+
+
+def mailstack_tree_files(src_dir):
+    """The regular files below the controller directory src_dir, as sorted relative paths
+    (a role copies them one by one: a recursive copy of a tree holding a single file
+    reports no change even when it makes one, and never notifies its handler)."""
+    src_dir = str(src_dir)
+    if not os.path.isdir(src_dir):
+        raise AnsibleFilterError(f"mailstack_tree_files: {src_dir} is not a directory")
+    return sorted(os.path.relpath(os.path.join(d, n), src_dir)
+                  for d, _, names in os.walk(src_dir) for n in names
+                  if os.path.isfile(os.path.join(d, n)))
+
+
+def mailstack_expect_paths(paths, attrs=None, **more):
+    """The same mailstack_probe file entry (state, owner, group, mode, sha256, label; a
+    dict and/or keywords) for each of several host paths."""
+    return [{"path": str(p), **(attrs or {}), **more} for p in paths]
+
+
+def mailstack_tree_content(src_dir):
+    """Every regular file below the controller directory src_dir: relative path to its
+    base64-encoded bytes (what the common role's mailstack_stage module writes on the
+    host)."""
+    src_dir = str(src_dir)
+    if not os.path.isdir(src_dir):
+        raise AnsibleFilterError(f"mailstack_tree_content: {src_dir} is not a directory")
+    tree = {}
+    for dirpath, _, filenames in os.walk(src_dir):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if os.path.isfile(path) and not os.path.islink(path):
+                with open(path, "rb") as f:
+                    tree[os.path.relpath(path, src_dir)] = base64.b64encode(f.read()).decode()
+    return tree
+
+
+class FilterModule:
+    def filters(self):
+        return {
+            "mailstack_sha256": mailstack_sha256,
+            "mailstack_expect": mailstack_expect,
+            "mailstack_expect_tree": mailstack_expect_tree,
+            "mailstack_expect_paths": mailstack_expect_paths,
+            "mailstack_tree_content": mailstack_tree_content,
+            "mailstack_tree_files": mailstack_tree_files,
+        }
