@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mailstack.deploy.events import DeployResult, Events, NoProgress, ProgressSink
-from mailstack.deploy.ssh import ansible_ssh_args
+from mailstack.deploy.ssh import ansible_ssh_args, control_path_dir
 from mailstack.errors import MailstackError
 from mailstack.render.renderer import render_site, write_tree
 from mailstack.resources import resource_dir
@@ -49,6 +49,7 @@ def run_playbook(
         "ANSIBLE_FORKS": "10",
         "ANSIBLE_RETRY_FILES_ENABLED": "False",
         "ANSIBLE_SSH_ARGS": ansible_ssh_args(site.known_hosts),
+        "ANSIBLE_SSH_CONTROL_PATH_DIR": str(control_path_dir(site.root)),
         "ANSIBLE_NOCOLOR": "1",
     }
     started = time.monotonic()

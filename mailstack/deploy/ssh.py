@@ -8,6 +8,7 @@ Sandbox and test hosts are re-created with new keys every time, so they are neve
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from mailstack.errors import MailstackError
@@ -38,6 +39,17 @@ def ssh_argv(user: str, address: str, *, port: int = 22, key: str | Path | None 
     if key:
         argv += ["-i", str(key), "-o", "IdentitiesOnly=yes"]
     return [*argv, f"{user}@{address}", "--", *remote]
+
+
+def control_path_dir(site_root: Path) -> Path:
+    """Where Ansible keeps its shared SSH connections for one site. Its default directory is
+    shared by every site and keyed only by address, port and user, so two sites whose hosts
+    reuse an address (re-created test or sandbox hosts) could ride each other's connection.
+    Short (a unix socket path has ~100 bytes), private, one per site."""
+    digest = hashlib.sha256(str(site_root.resolve()).encode()).hexdigest()[:12]
+    path = Path.home() / ".cache" / "mailstack" / "ssh" / digest
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
 
 
 def ansible_ssh_args(known_hosts: Path) -> str:

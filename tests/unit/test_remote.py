@@ -276,3 +276,16 @@ def test_status():
     with pytest.raises(MailstackError) as err:
         status_of(tool_result(HOST, "status", *tool_says(ERROR, ok=False, error="no conf")))
     assert str(err.value) == f"{NAME}: status failed: no conf"
+
+
+def test_each_site_has_its_own_private_ssh_connection_directory(tmp_path):
+    """Ansible's shared default is keyed only by address: a re-created host with a reused
+    address must not ride another site's connection."""
+    import stat
+
+    from mailstack.deploy.ssh import control_path_dir
+
+    a, b = control_path_dir(tmp_path / "a"), control_path_dir(tmp_path / "b")
+    assert a != b and a == control_path_dir(tmp_path / "a")
+    assert stat.S_IMODE(a.stat().st_mode) == 0o700
+    assert len(str(a)) + 41 < 100  # + "/" + ssh's 40-character %C: a unix socket path
