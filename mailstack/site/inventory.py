@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,11 +15,13 @@ from mailstack.errors import ConfigError
 from mailstack.files import write_atomic
 from mailstack.resources import resource_dir
 from mailstack.site.document import read_text, refuse_aliases, yaml_rt
-from mailstack.site.names import control_problem, domain_problem, host_problem, user_problem
+from mailstack.site.names import control_problem, host_problem, user_problem
 
 INVENTORIES_DIR = "inventories"
 DEFAULT_INVENTORY = "production"
 MAIL_GROUP = "mail"
+# An inventory host's name (often the FQDN, but Ansible allows any such name).
+_HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 
 
 @dataclass(frozen=True)
@@ -105,8 +108,9 @@ def _host(path: Path, name: str, hv: dict[str, Any]) -> InventoryHost:
     if isinstance(port, str) and port.isdigit():
         port = int(port)
     key = hv.get("ansible_ssh_private_key_file")
-    if p := domain_problem(name):
-        problems.append(f"host {name!r}: {p} (the server's full host name)")
+    if not _HOST_NAME.fullmatch(name):
+        problems.append(f"host {name!r}: an inventory name is letters, digits, dots, _ and - "
+                        "(it names the host's directory under build/)")
     if p := host_problem(address):
         problems.append(f"{name}.ansible_host {address!r}: {p}")
     if p := user_problem(user):

@@ -143,7 +143,7 @@ def test_ssh_auth_failure_is_named(deployed, tmp_path):
     key = str(sandbox.sandbox_status().ssh_key)
     # deploy keeps SSH master connections for 60 s (ControlPersist): end them, or the
     # already-authenticated connection would be reused and the new key never tried.
-    subprocess.run(["pkill", "-f", r"\.ansible/cp/.*\[mux\]"], check=False)
+    subprocess.run(["pkill", "-f", r"mailstack/ssh/.*\[mux\]"], check=False)
     time.sleep(0.5)
     path, original = _with_inventory(deployed, key, str(other_key))
     try:

@@ -175,3 +175,18 @@ def test_ssh_argv_refuses_an_option_as_user_or_host():
     for user, host in (("-oProxyCommand=x", "192.0.2.1"), ("root", "-oProxyCommand=x")):
         with pytest.raises(MailstackError, match="option"):
             ssh_argv(user, host, known_hosts=None, remote=["true"])
+
+
+@pytest.mark.parametrize("name,ok", [("mailstack-molecule-default", True), ("mail.example.org", True),
+                                     ("../etc", False), ("-oProxyCommand=x", False),
+                                     ("a/b", False)])
+def test_inventory_host_names_are_names_not_paths(tmp_path, name, ok):
+    site = init_site(tmp_path / "site", InitOptions("example.org", "mail.example.org",
+                                                    "192.0.2.1"))
+    path = inventory_file(site)
+    path.write_text(path.read_text().replace("        mail.example.org:", f"        '{name}':"))
+    if ok:
+        assert load_hosts(site)[0].name == name
+    else:
+        with pytest.raises(ConfigError, match="inventory name"):
+            load_hosts(site)
