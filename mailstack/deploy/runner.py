@@ -24,6 +24,9 @@ from mailstack.site.config import unreachable_role_addresses
 from mailstack.site.directory import Site
 from mailstack.site.inventory import inventory_file
 
+# The environment variable the storage role reads the passphrase from (roles/storage).
+PASSPHRASE_ENV = "MAILSTACK_STORAGE_PASSPHRASE"
+
 
 def run_playbook(
     site: Site,
@@ -53,28 +56,33 @@ def run_playbook(
         "ANSIBLE_NOCOLOR": "1",
     }
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="mailstack-runner-") as private:
-        os.chmod(private, 0o700)  # artifacts can hold task output
-        run = ansible_runner.run(
-            private_data_dir=private,
-            playbook=str(playbook),
-            inventory=str(inventory_file(site.root, site.inventory).resolve()),
-            # The storage passphrase only ever sits in runner's private 0700 directory on the
-            # controller; roles pipe it to gocryptfs on stdin (no_log).
-            extravars={"mailstack_build_dir": str(build_dir.resolve()),
-                       "storage__passphrase": site.secrets.site.get("storage_passphrase", "")},
-            envvars=env,
-            limit=limit,
-            tags=tags,
-            cmdline="--check --diff" if check else None,
-            quiet=True,
-            event_handler=Events(site, progress, result),
-            rotate_artifacts=1,
-        )
-        result.rc = run.rc
-        if run.rc != 0 and not result.failures:
-            tail = (run.stdout.read() if run.stdout else "").strip().splitlines()[-5:]
-            result.failures.append(("", "ansible-playbook", " | ".join(tail) or run.status))
+    # The storage passphrase reaches ansible-playbook only through the environment it
+    # inherits (ansible-runner writes its extravars and envvars to files): it lives in memory
+    # for the run, never on a disk. The storage role reads it with an env lookup and pipes it
+    # to gocryptfs on stdin (no_log).
+    os.environ[PASSPHRASE_ENV] = site.secrets.site.get("storage_passphrase", "")
+    try:
+        with tempfile.TemporaryDirectory(prefix="mailstack-runner-") as private:
+            os.chmod(private, 0o700)  # artifacts can hold task output
+            run = ansible_runner.run(
+                private_data_dir=private,
+                playbook=str(playbook),
+                inventory=str(inventory_file(site.root, site.inventory).resolve()),
+                extravars={"mailstack_build_dir": str(build_dir.resolve())},
+                envvars=env,
+                limit=limit,
+                tags=tags,
+                cmdline="--check --diff" if check else None,
+                quiet=True,
+                event_handler=Events(site, progress, result),
+                rotate_artifacts=1,
+            )
+            result.rc = run.rc
+            if run.rc != 0 and not result.failures:
+                tail = (run.stdout.read() if run.stdout else "").strip().splitlines()[-5:]
+                result.failures.append(("", "ansible-playbook", " | ".join(tail) or run.status))
+    finally:
+        os.environ.pop(PASSPHRASE_ENV, None)
     progress.done()
     result.elapsed = time.monotonic() - started
     return result
