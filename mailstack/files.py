@@ -11,28 +11,17 @@ from pathlib import Path
 def write_atomic(path: Path, content: str | bytes, *, mode: int = 0o644) -> None:
     """Write via a temp file in the same directory and rename: readers see old or new, never
     half. The mode is set before any byte is written, so a secret is never world-readable."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = content.encode() if isinstance(content, str) else content
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_all_atomic([(path, data, mode)])
 
 
 def write_all_atomic(files: list[tuple[Path, bytes, int]]) -> None:
     """Replace several files as one change: all of them or none.
 
-    Every new content is first written and synced to a temp file beside its target (a full
-    disk or a read-only directory fails here, before anything is replaced); then each target is
-    replaced, its old version kept as a hard link until all are in place, and put back if a
-    later replacement fails.
+    Every new content is first written and synced to a temp file beside its target, its mode
+    set before any byte (a full disk or a read-only directory fails here, before anything is
+    replaced); then each target is replaced, its old version kept as a hard link until all are
+    in place, and put back if a later replacement fails.
     """
     staged: list[tuple[Path, Path]] = []
     try:
