@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from mailstack.cli.common import human_size, opts, read_password, sub_app
+from mailstack.cli.common import human_size, opts, site_and_password, sub_app
 
 user_app = sub_app("Mailboxes: add, remove, list, change passwords.")
 alias_app = sub_app("Aliases: addresses that forward to other addresses.")
@@ -24,9 +24,7 @@ def user_add(
     """Add a mailbox. Prompts twice for the password (or reads it from stdin)."""
     from mailstack.site.accounts import add_user
 
-    site = opts(ctx).site()
-    _ = site.config  # validate the site before asking for a password
-    password = read_password(address, password_stdin)
+    site, password = site_and_password(ctx, address, password_stdin)
     added = add_user(site, address, password, 0 if quota in ("0", "") else quota)
     typer.echo(f"added user {added.address}; run `mailstack deploy` to apply")
     if added.postmaster_alias:
@@ -52,9 +50,7 @@ def user_passwd(
     """Change a mailbox password."""
     from mailstack.site.accounts import set_password
 
-    site = opts(ctx).site()
-    _ = site.config  # validate the site before asking for a password
-    password = read_password(address, password_stdin)
+    site, password = site_and_password(ctx, address, password_stdin)
     set_password(site, address, password)
     typer.echo(f"changed the password of {address}; run `mailstack deploy` to apply")
 

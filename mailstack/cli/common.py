@@ -32,6 +32,13 @@ class Options:
                     inventory=self.inventory)
 
 
+def site_and_password(ctx: typer.Context, for_whom: str, from_stdin: bool):
+    """The site, validated before the user is asked for a password, and that password."""
+    site = opts(ctx).site()
+    _ = site.config
+    return site, read_password(for_whom, from_stdin)
+
+
 def opts(ctx: typer.Context) -> Options:
     """The global options, set by the root callback."""
     return ctx.find_root().obj

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from mailstack.cli.common import opts, read_password, sub_app
+from mailstack.cli.common import opts, site_and_password, sub_app
 
 relay_app = sub_app("Outgoing relay host (smarthost) and its credentials.")
 
@@ -21,9 +21,7 @@ def relay_set(
     """Send outgoing mail through a relay host; its password goes into the vault."""
     from mailstack.site.relay import set_relay
 
-    site = opts(ctx).site()
-    _ = site.config  # validate the site before asking for a password
-    password = read_password(username, password_stdin)
+    site, password = site_and_password(ctx, username, password_stdin)
     set_relay(site, host, username, password)
     typer.echo(f"outgoing mail goes through {host}; run `mailstack deploy` to apply")
 
