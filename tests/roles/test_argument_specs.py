@@ -73,6 +73,9 @@ def test_site_accepts_a_rendered_site(tmp_path: Path, site_dir: Path) -> None:
     # every role's inputs were validated
     for role in ROLES:
         assert f"{role} : Validating arguments against arg spec 'main'" in result.stdout
+    # and again for the part that runs while the packages install
+    for role in ("common", "tls", "mariadb", "storage", "postfix"):
+        assert f"{role} : Validating arguments against arg spec 'prepare'" in result.stdout
 
 
 def _play(tmp_path: Path, role: str, variable: str, value: str) -> Path:

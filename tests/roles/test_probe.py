@@ -205,8 +205,14 @@ class Deployed:
         self.site = site
 
     def playbook(self, *args: str) -> int:
-        """Run site.yml as `mailstack deploy` does; the number of changes it reported.
-        (`mailstack deploy` keeps its rendered tree only for its run: render one here.)"""
+        """Run site.yml as `mailstack deploy` does; the number of changes it reported."""
+        proc = self.run(*args)
+        assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr
+        return sum(int(n) for n in re.findall(r"\bchanged=(\d+)", proc.stdout))
+
+    def run(self, *args: str, tamper=None) -> subprocess.CompletedProcess[str]:
+        """Render (`mailstack deploy` keeps its rendered tree only for its run: render one
+        here), let tamper(host's rendered dir) change it, run site.yml."""
         from mailstack.deploy.ssh import ansible_ssh_args
         from mailstack.site.directory import Site
         from mailstack.site.inventory import inventory_file
@@ -215,6 +221,9 @@ class Deployed:
                                    "render"], capture_output=True, text=True, check=False)
         assert rendered.returncode == 0, rendered.stderr
         site = Site(self.site)
+        if tamper is not None:
+            (host_dir,) = [d for d in (self.site / "build").iterdir() if d.is_dir()]
+            tamper(host_dir)
         extra = self.site / "extra-vars.json"
         extra.write_text(json.dumps({
             "mailstack_build_dir": str((self.site / "build").resolve()),
@@ -226,12 +235,10 @@ class Deployed:
             ANSIBLE_ROLES_PATH=str(REPO / "roles"), ANSIBLE_PIPELINING="True",
             ANSIBLE_NOCOLOR="1", ANSIBLE_RETRY_FILES_ENABLED="False",
             ANSIBLE_SSH_ARGS=ansible_ssh_args(site.known_hosts))
-        proc = subprocess.run(
+        return subprocess.run(
             ["ansible-playbook", "-i", str(inventory_file(site.root, site.inventory).resolve()),
              str(REPO / "site.yml"), "-e", f"@{extra}", *args],
             env=env, capture_output=True, text=True, timeout=900, check=False)
-        assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr
-        return sum(int(n) for n in re.findall(r"\bchanged=(\d+)", proc.stdout))
 
     def sh(self, script: str) -> subprocess.CompletedProcess[str]:
         return testbed.exec_in(self.name, ["bash", "-c", script], check=False)
@@ -287,6 +294,31 @@ def test_drift_is_reported_by_check_and_repaired(deployed: Deployed) -> None:
     assert deployed.playbook() > 0
     broken = [check for _, check in [*DRIFT, tool] if deployed.sh(check).returncode != 0]
     assert not broken, f"not repaired: {broken}"
+    assert deployed.playbook() == 0
+
+
+@pytest.mark.testbed
+def test_a_file_its_daemon_refuses_never_goes_live(deployed: Deployed) -> None:
+    # One run changes a lookup table (placed first) and main.cf (placed after it), which
+    # Postfix refuses: the table goes live, main.cf does not, and the play fails naming it.
+    table, main_cf = "etc/postfix/mysql/virtual_domains.cf", "etc/postfix/main.cf"
+
+    def tamper(rendered: Path) -> None:
+        with (rendered / table).open("a") as f:
+            f.write("# changed by the test\n")
+        with (rendered / main_cf).open("a") as f:
+            f.write("mailstack_no_such_parameter = 1\n")
+
+    failed = deployed.run(tamper=tamper)
+    assert failed.returncode != 0
+    assert "/etc/postfix/main.cf: the new file was refused by" in failed.stdout, failed.stdout[-4000:]
+    assert "mailstack_no_such_parameter" in failed.stdout
+    assert deployed.sh(f"grep -q 'changed by the test' /{table}").returncode == 0
+    assert deployed.sh(f"grep -q mailstack_no_such_parameter /{main_cf}").returncode != 0
+    assert deployed.sh("ls -a /etc/postfix | grep -q '^.mailstack-'").returncode != 0, \
+        "the refused candidate was left behind"
+    assert deployed.sh("systemctl is-active -q postfix@-").returncode == 0
+    assert deployed.playbook() > 0  # the rendered table again
     assert deployed.playbook() == 0
 
 

@@ -4,7 +4,8 @@
 The roles compare each file they would place with the host's copy by checksum: these
 filters compute the checksums of the rendered files (on the controller, where the files
 are; no content leaves it for this) and list a rendered directory's files.
-mailstack_tree_content reads a whole tree for the common role's one-transfer staging.
+mailstack_tree_content reads a whole tree for the common role's one-transfer staging;
+mailstack_place_entries reads the files a role places in one mailstack_place call.
 """
 
 from __future__ import annotations
@@ -89,6 +90,33 @@ def mailstack_tree_content(src_dir):
     return tree
 
 
+def mailstack_place_entries(entries, rendered_root, probe, validate=None):
+    """The mailstack_place entries for what the probe did not find in place: from entries
+    in the probe's form (path, state, owner, group, mode), in order, each file with the
+    bytes of its rendered copy (rendered_root + path) and its checker from validate
+    (path to command, %s the candidate)."""
+    found = (probe or {}).get("files", {})
+    placed = []
+    for entry in entries:
+        path = str(entry["path"])
+        if found.get(path, {}).get("ok"):
+            continue
+        state = entry.get("state", "file")
+        item = {"dest": path, "state": state, "owner": entry["owner"], "group": entry["group"],
+                "mode": entry["mode"]}
+        if state == "file":
+            src = str(rendered_root) + path
+            try:
+                with open(src, "rb") as f:
+                    item["content"] = base64.b64encode(f.read()).decode()
+            except OSError as exc:
+                raise AnsibleFilterError(f"mailstack_place_entries: cannot read {src}: {exc}") from exc
+            if validate and path in validate:
+                item["validate"] = validate[path]
+        placed.append(item)
+    return placed
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -98,4 +126,5 @@ class FilterModule:
             "mailstack_expect_paths": mailstack_expect_paths,
             "mailstack_tree_content": mailstack_tree_content,
             "mailstack_tree_files": mailstack_tree_files,
+            "mailstack_place_entries": mailstack_place_entries,
         }

@@ -1,0 +1,233 @@
+#!/usr/bin/python3
+# Managed by mailstack (roles/probe).
+"""mailstack_place: put several rendered files (and their directories) in place in one call.
+
+A role places its files with one call of this module instead of one `copy` task per file
+(each a module run, more on a loop). In the order given, each entry is a directory to
+have, or a file with its bytes, owner, group and mode. A file whose bytes differ is written
+to a temporary file next to it, given its owner and mode, checked by `validate` (the
+daemon's own checker, `%s` standing for the candidate) and only then renamed over the old
+one: a file the daemon refuses never goes live, and the entries after it are left alone
+(reported in `refused`; the calling role fails the play on it).
+A file whose bytes match but whose owner or mode do not is only fixed.
+
+The content travels in the module's arguments (censored like any no_log value).
+"""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: mailstack_place
+short_description: Place files and directories, each file validated before it goes live
+options:
+  entries:
+    description:
+      - In order. C(dest) the absolute path; C(state) file (default) or directory;
+        C(owner) and C(group) by name; C(mode) as an octal string.
+      - A file also has C(content) (base64) and may have C(validate), a command in which
+        C(%s) stands for the candidate file (run without a shell).
+    type: list
+    elements: dict
+    required: true
+author: mailstack
+"""
+
+EXAMPLES = r"""
+- name: Place main.cf and master.cf
+  mailstack_place:
+    entries:
+      - dest: /etc/postfix/main.cf
+        content: "{{ lookup('file', 'main.cf') | b64encode }}"
+        owner: root
+        group: root
+        mode: "0644"
+        validate: postconf -c %s -n
+"""
+
+RETURN = r"""
+changed_paths:
+  description: The entries that were created, replaced or fixed, in order.
+  type: list
+  elements: str
+  returned: always
+refused:
+  description:
+    - Empty, or why the placing stopped (a file its checker refused, a missing directory);
+      the entries after that one were left alone. The task does not fail on it (the
+      changes before it must still notify their handler): the caller fails on it.
+  type: str
+  returned: always
+"""
+
+import base64
+import grp
+import os
+import pwd
+import shlex
+import stat
+import tempfile
+
+from ansible.module_utils.basic import AnsibleModule
+
+
+class PlaceError(Exception):
+    pass
+
+
+def ids(entry):
+    try:
+        uid = pwd.getpwnam(entry["owner"]).pw_uid
+    except KeyError:
+        raise PlaceError(f"{entry['dest']}: no user {entry['owner']!r} on this host") from None
+    try:
+        gid = grp.getgrnam(entry["group"]).gr_gid
+    except KeyError:
+        raise PlaceError(f"{entry['dest']}: no group {entry['group']!r} on this host") from None
+    return uid, gid
+
+
+def check_entry(entry):
+    dest = entry.get("dest")
+    if not isinstance(dest, str) or not os.path.isabs(dest) or os.path.normpath(dest) != dest:
+        raise PlaceError(f"dest must be a normalised absolute path: {dest!r}")
+    state = entry.get("state", "file")
+    if state not in ("file", "directory"):
+        raise PlaceError(f"{dest}: state must be file or directory, not {state!r}")
+    for key in ("owner", "group", "mode"):
+        if not isinstance(entry.get(key), str) or not entry[key]:
+            raise PlaceError(f"{dest}: {key} is required")
+    try:
+        entry["_mode"] = int(entry["mode"], 8)
+    except ValueError:
+        raise PlaceError(f"{dest}: mode must be octal, not {entry['mode']!r}") from None
+    if entry["_mode"] & ~0o7777:
+        raise PlaceError(f"{dest}: mode out of range: {entry['mode']!r}")
+    if state == "file":
+        if not isinstance(entry.get("content"), str):
+            raise PlaceError(f"{dest}: a file needs its content")
+        try:
+            entry["_bytes"] = base64.b64decode(entry["content"], validate=True)
+        except ValueError:
+            raise PlaceError(f"{dest}: content is not base64") from None
+        validate = entry.get("validate")
+        if validate is not None and "%s" not in str(validate):
+            raise PlaceError(f"{dest}: validate must contain %s (the candidate file)")
+
+
+def attrs_match(st, uid, gid, mode):
+    return st.st_uid == uid and st.st_gid == gid and stat.S_IMODE(st.st_mode) == mode
+
+
+def place_directory(entry, check_mode):
+    dest, mode = entry["dest"], entry["_mode"]
+    uid, gid = ids(entry)
+    try:
+        st = os.lstat(dest)
+    except FileNotFoundError:
+        st = None
+    if st is not None and not stat.S_ISDIR(st.st_mode):
+        raise PlaceError(f"{dest} exists and is not a directory")
+    if st is not None and attrs_match(st, uid, gid, mode):
+        return False
+    if check_mode:
+        return True
+    if st is None:
+        os.mkdir(dest, 0o700)
+    os.chown(dest, uid, gid)
+    os.chmod(dest, mode)
+    return True
+
+
+def same_bytes(path, data):
+    with open(path, "rb") as f:
+        return f.read(len(data) + 1) == data
+
+
+def place_file(entry, check_mode, run_command):
+    dest, mode, data = entry["dest"], entry["_mode"], entry["_bytes"]
+    uid, gid = ids(entry)
+    parent = os.path.dirname(dest)
+    if not os.path.isdir(parent):
+        raise PlaceError(f"{dest}: its directory {parent} does not exist")
+    try:
+        st = os.lstat(dest)
+    except FileNotFoundError:
+        st = None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise PlaceError(f"{dest} exists and is not a regular file")
+    if st is not None and same_bytes(dest, data):
+        if attrs_match(st, uid, gid, mode):
+            return False
+        if not check_mode:
+            os.chown(dest, uid, gid)
+            os.chmod(dest, mode)
+        return True
+    if check_mode:
+        return True
+    fd, tmp = tempfile.mkstemp(prefix=".mailstack-", dir=parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchown(f.fileno(), uid, gid)
+            os.fchmod(f.fileno(), mode)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        validate = entry.get("validate")
+        if validate:
+            argv = [tmp if arg == "%s" else arg.replace("%s", tmp) for arg in shlex.split(validate)]
+            rc, out, err = run_command(argv)
+            if rc != 0:
+                raise PlaceError(f"{dest}: the new file was refused by `{validate}` (exit {rc}), "
+                                 f"nothing replaced: {(err or out).strip()}")
+        os.rename(tmp, dest)
+        tmp = None
+    finally:
+        if tmp is not None:
+            os.unlink(tmp)
+    return True
+
+
+def check_entries(entries):
+    for entry in entries:
+        check_entry(entry)
+
+
+def place(entries, check_mode, run_command, changed):
+    """Place the (checked) entries in order, adding each path changed to changed."""
+    for entry in entries:
+        if entry.get("state", "file") == "directory":
+            done = place_directory(entry, check_mode)
+        else:
+            done = place_file(entry, check_mode, run_command)
+        if done:
+            changed.append(entry["dest"])
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={"entries": {"type": "list", "elements": "dict", "required": True}},
+        supports_check_mode=True,
+    )
+    entries = module.params["entries"]
+    # The contents are secrets (keys, passwords in lookup tables): never echoed back.
+    for entry in entries:
+        if isinstance(entry, dict) and isinstance(entry.get("content"), str):
+            module.no_log_values.add(entry["content"])
+    try:
+        check_entries(entries)
+    except PlaceError as exc:
+        module.fail_json(msg=str(exc))
+    # A refusal does not fail this task: what was placed before it is reported as a change,
+    # so that its handler runs (Ansible notifies only for tasks that succeed). The role
+    # fails the play on `refused` in the next task.
+    changed, refused = [], ""
+    try:
+        place(entries, module.check_mode, module.run_command, changed)
+    except (PlaceError, OSError) as exc:
+        refused = str(exc)
+    module.exit_json(changed=bool(changed), changed_paths=changed, refused=refused)
+
+
+if __name__ == "__main__":
+    main()
