@@ -322,6 +322,33 @@ def test_a_file_its_daemon_refuses_never_goes_live(deployed: Deployed) -> None:
     assert deployed.playbook() == 0
 
 
+@pytest.mark.testbed
+def test_a_failed_install_fails_the_deploy_with_apt_s_words(tmp_path: Path) -> None:
+    # The install runs in the background (a transient unit): its failure must still stop
+    # the play, with apt's own message, and leave no policy-rc.d holding services back.
+    key = sandbox.ensure_keypair(sandbox.default_state_dir())
+    name = f"mailstack-roles-apt-{secrets.token_hex(3)}"
+    site = tmp_path / "site"
+    try:
+        host = testbed.start_host(name, testbed.base_image(), hostname="mail.apt.test",
+                                  ssh_pubkey=key.with_suffix(".pub").read_text())
+        init = subprocess.run(
+            [sys.executable, "-m", "mailstack", "init", str(site), "--domain", "apt.test",
+             "--hostname", "mail.apt.test", "--host", host.ip, "--ssh-key", str(key)],
+            capture_output=True, text=True, timeout=120, check=False, cwd=REPO)
+        assert init.returncode == 0, init.stderr
+        failed = Deployed(name, site).run(
+            "-e", '{"common__extra_packages": ["mailstack-no-such-package"]}')
+        assert failed.returncode != 0
+        out = failed.stdout
+        assert "Wait for the packages of the whole stack to install" in out, out[-3000:]
+        assert "Unable to locate package mailstack-no-such-package" in out, out[-3000:]
+        probe = testbed.exec_in(name, ["test", "-e", "/usr/sbin/policy-rc.d"], check=False)
+        assert probe.returncode != 0, "policy-rc.d left behind"
+    finally:
+        testbed.remove_host(name)
+
+
 # --------------------------------------------------------------------------- staging
 
 stage = _load(REPO / "roles" / "common" / "library" / "mailstack_stage.py", "mailstack_stage")
