@@ -2,8 +2,9 @@
 
 Builds on mailstack.sandbox (engine, base image, containers) and adds the "stack" image:
 the base plus every package the roles install, so that a deploy in a test downloads
-nothing. `python -m testbed setup` (with tests/ on the path; scripts/testbed-setup does it)
-starts the engine and builds or finds both images.
+nothing; testbed.internet adds the internet in a box (DNS, blocklist, an outside
+sender). `python -m testbed setup` (with tests/ on the path; scripts/testbed-setup does
+it) starts the engine and builds or finds both images (the box's image on first use).
 """
 
 from __future__ import annotations
@@ -40,11 +41,11 @@ from mailstack.sandbox.engine import (
 from mailstack.sandbox.image import FALLBACK_MIRROR, base_image, base_image_tag, debian_sources
 
 __all__ = [
-    "FALLBACK_MIRROR", "STACK_PACKAGES", "Host", "SandboxError", "base_image", "build_image",
-    "cached_image", "container_running",
-    "debian_sources", "ensure_engine", "ensure_network", "exec_in", "remove_host",
-    "remove_network", "restart_host", "role_packages", "stack_image", "start_host",
-    "wait_for_port",
+    "FALLBACK_MIRROR", "STACK_PACKAGES", "Host", "Internet", "Record", "SandboxError", "Sender",
+    "base_image", "blocklist_records", "build_image", "cached_image", "container_ip", "container_running",
+    "debian_sources", "ensure_engine", "ensure_network", "exec_in", "internet_image", "network_subnet",
+    "remove_host", "remove_network", "restart_host", "role_packages", "sender_domain", "site_records",
+    "stack_image", "start_host", "use_resolver", "wait_for_port",
 ]
 
 
@@ -198,6 +199,19 @@ def restart_host(name: str, *, network: str | None = None) -> Host:
     wait_for_systemd(name)
     return Host(name=name, ip=container_ip(name, network))
 
+
+# The internet in a box builds on the helpers above, so it is imported after them.
+from testbed.internet import (  # noqa: E402
+    Internet,
+    Record,
+    Sender,
+    blocklist_records,
+    internet_image,
+    network_subnet,
+    sender_domain,
+    site_records,
+    use_resolver,
+)
 
 # --------------------------------------------------------------------------- CLI
 
