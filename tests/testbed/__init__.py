@@ -2,8 +2,9 @@
 
 Builds on mailstack.sandbox (engine, base image, containers) and adds the "stack" image:
 the base plus every package the roles install, so that a deploy in a test downloads
-nothing. `python -m testbed setup` (with tests/ on the path; scripts/testbed-setup does it)
-starts the engine and builds or finds both images.
+nothing; testbed.internet adds the internet in a box (DNS, blocklist, an outside
+sender). `python -m testbed setup` (with tests/ on the path; scripts/testbed-setup does
+it) starts the engine and builds or finds both images (the box's image on first use).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 # The test bed's API: the sandbox's hosts and images, plus the stack image below.
 from mailstack.sandbox.containers import (
@@ -40,10 +41,11 @@ from mailstack.sandbox.engine import (
 from mailstack.sandbox.image import FALLBACK_MIRROR, base_image, base_image_tag, debian_sources
 
 __all__ = [
-    "FALLBACK_MIRROR", "STACK_PACKAGES", "Host", "SandboxError", "base_image", "container_running",
-    "debian_sources", "ensure_engine", "ensure_network", "exec_in", "remove_host",
-    "remove_network", "restart_host", "role_packages", "stack_image", "start_host",
-    "wait_for_port",
+    "FALLBACK_MIRROR", "STACK_PACKAGES", "Host", "Internet", "Record", "SandboxError", "Sender",
+    "base_image", "blocklist_records", "build_image", "cached_image", "container_ip", "container_running",
+    "debian_sources", "ensure_engine", "ensure_network", "exec_in", "internet_image", "network_subnet",
+    "remove_host", "remove_network", "restart_host", "role_packages", "sender_domain", "site_records",
+    "stack_image", "start_host", "use_resolver", "wait_for_port",
 ]
 
 
@@ -126,37 +128,42 @@ def stack_image_tag(base: str | None = None) -> str:
     return f"{STACK_REPO}:{short_hash(key)}"
 
 
-def _build_stack(base: str, tag: str) -> None:
-    """Install the mail stack packages in a booted base container, then commit it.
+def build_image(base: str, tag: str, packages: Sequence[str], *, what: str,
+                debconf: str = "", setup: Sequence[str] = ()) -> None:
+    """Install packages in a booted base container, run the setup shell commands, commit it.
 
     Installed under a running systemd (not in a Dockerfile RUN) so maintainer
-    scripts behave as on a real host; host keys and machine-id are cleared
-    before the commit so containers from the image never share them.
+    scripts behave as on a real host; host keys, the snakeoil key (made again at
+    first boot by SNAKEOIL_UNIT) and machine-id are cleared before the commit so
+    containers from the image never share them.
     """
-    name = f"mailstack-stack-build-{os.getpid()}"
-    log(f"building stack image {tag} from {base} … (about 50 s)")
+    name = f"mailstack-{what}-build-{os.getpid()}"
+    log(f"building {what} image {tag} from {base} …")
     started = time.monotonic()
     remove_host(name)
     try:
         # No extra labels here: docker commit copies the build container's labels
         # into the image, and from there onto every container started from it.
-        start_host(name, base, hostname="stack-build.mailstack.test")
-        exec_in(name, ["debconf-set-selections"], input=STACK_DEBCONF)
+        start_host(name, base, hostname=f"{what}-build.mailstack.test")
+        if debconf:
+            exec_in(name, ["debconf-set-selections"], input=debconf)
         apt_env = ["env", "DEBIAN_FRONTEND=noninteractive"]
         _exec_logged(name, [*apt_env, "apt-get", "update"], "apt-get update in the build container")
-        _exec_logged(name, [*apt_env, "apt-get", "install", "-y", *STACK_PACKAGES],
-                     "apt-get install of the stack packages")
+        _exec_logged(name, [*apt_env, "apt-get", "install", "-y", *packages],
+                     f"apt-get install of the {what} packages")
         exec_in(name, ["apt-get", "clean"])
         exec_in(name, ["sh", "-c", f"cat > /etc/systemd/system/{SNAKEOIL_UNIT_NAME}"], input=SNAKEOIL_UNIT)
         exec_in(name, ["systemctl", "enable", "--quiet", SNAKEOIL_UNIT_NAME])
+        for command in setup:
+            _exec_logged(name, ["sh", "-ec", command], f"setup `{command}` of the {what} image")
         exec_in(name, ["sh", "-c", "rm -f /etc/ssh/ssh_host_* /etc/ssl/private/ssl-cert-snakeoil.key "
                                    "/etc/ssl/certs/ssl-cert-snakeoil.pem && : > /etc/machine-id"])
         docker("stop", "--time", "60", name, timeout=120)
         docker("commit", "-c", f'CMD ["{SYSTEMD}"]',
-                "-m", f"mailstack test-bed stack: {' '.join(STACK_PACKAGES)}", name, tag)
+                "-m", f"mailstack test-bed {what}: {' '.join(packages)}", name, tag)
     finally:
         remove_host(name)
-    log(f"stack image {tag} built in {time.monotonic() - started:.0f} s")
+    log(f"{what} image {tag} built in {time.monotonic() - started:.0f} s")
 
 
 def _exec_logged(name: str, cmd: list[str], what: str) -> None:
@@ -167,16 +174,22 @@ def _exec_logged(name: str, cmd: list[str], what: str) -> None:
         raise SandboxError(f"{what} failed (exit {proc.returncode}): {tail}")
 
 
-def stack_image() -> str:
-    """Tag of base + the mail stack packages installed once (cached like the base image)."""
-    base = base_image()
-    tag = stack_image_tag(base)
+def cached_image(tag: str, build: Callable[[], None]) -> str:
+    """Return tag, calling build() first when no such image exists (once across processes)."""
     if image_exists(tag):
         return tag
     with build_lock():
         if not image_exists(tag):
-            _build_stack(base, tag)
+            build()
     return tag
+
+
+def stack_image() -> str:
+    """Tag of base + the mail stack packages installed once (cached like the base image)."""
+    base = base_image()
+    tag = stack_image_tag(base)
+    return cached_image(tag, lambda: build_image(base, tag, STACK_PACKAGES, what="stack",
+                                                 debconf=STACK_DEBCONF))
 
 
 def restart_host(name: str, *, network: str | None = None) -> Host:
@@ -186,6 +199,19 @@ def restart_host(name: str, *, network: str | None = None) -> Host:
     wait_for_systemd(name)
     return Host(name=name, ip=container_ip(name, network))
 
+
+# The internet in a box builds on the helpers above, so it is imported after them.
+from testbed.internet import (  # noqa: E402
+    Internet,
+    Record,
+    Sender,
+    blocklist_records,
+    internet_image,
+    network_subnet,
+    sender_domain,
+    site_records,
+    use_resolver,
+)
 
 # --------------------------------------------------------------------------- CLI
 
