@@ -119,13 +119,17 @@ def attrs_match(st, uid, gid, mode):
     return st.st_uid == uid and st.st_gid == gid and stat.S_IMODE(st.st_mode) == mode
 
 
+def lstat_or_none(path):
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+
+
 def place_directory(entry, check_mode):
     dest, mode = entry["dest"], entry["_mode"]
     uid, gid = ids(entry)
-    try:
-        st = os.lstat(dest)
-    except FileNotFoundError:
-        st = None
+    st = lstat_or_none(dest)
     if st is not None and not stat.S_ISDIR(st.st_mode):
         raise PlaceError(f"{dest} exists and is not a directory")
     if st is not None and attrs_match(st, uid, gid, mode):
@@ -150,10 +154,7 @@ def place_file(entry, check_mode, run_command):
     parent = os.path.dirname(dest)
     if not os.path.isdir(parent):
         raise PlaceError(f"{dest}: its directory {parent} does not exist")
-    try:
-        st = os.lstat(dest)
-    except FileNotFoundError:
-        st = None
+    st = lstat_or_none(dest)
     if st is not None and not stat.S_ISREG(st.st_mode):
         raise PlaceError(f"{dest} exists and is not a regular file")
     if st is not None and same_bytes(dest, data):
