@@ -40,6 +40,11 @@ LMTP_SOCKET = "private/dovecot-lmtp"  # relative to Postfix's queue directory (i
 AUTH_SOCKET = "private/auth"
 # The ports the mail services listen on, open in the firewall with the host's SSH port.
 MAIL_PORTS = {"smtp": 25, "submissions": 465, "submission": 587, "imaps": 993}
+# The systemd unit of the Postfix instance (Debian's postfix.service only starts it): its
+# journal is where fail2ban reads Postfix's failed logins.
+POSTFIX_INSTANCE_UNIT = "postfix@-"
+# fail2ban's repeat-offender jail: banned that often within a day, banned for a week.
+RECIDIVE = {"max_failures": 5, "find_time": "1d", "ban_time": "1w"}
 # Services that must never run without the mounted store, and those `mailstack status` shows.
 STORE_BOUND_SERVICES = ["dovecot"]
 STATUS_SERVICES = ["postfix", "dovecot", "opendkim", "mariadb"]
@@ -59,6 +64,7 @@ def verify_address(cfg: SiteConfig) -> str:
 def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[str, Any]:
     """The render context (docs/render-context.md is its contract)."""
     site_secrets = secrets.site
+    bans = cfg.options.bans
     relay = None
     if cfg.options.relay:
         password = site_secrets.get("relay_password")
@@ -95,6 +101,18 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
         # The port this host is reached on for SSH is always open: a ruleset without it would
         # lock out every later deploy and `mailstack unlock`.
         "firewall": {"tcp_ports": sorted({host.ssh_port, *MAIL_PORTS.values()})},
+        # Bans close the mail ports only, never SSH: deploys and `mailstack unlock` come
+        # over SSH, and its key-only logins are not what fail2ban is for here.
+        "bans": {
+            "enabled": bans.enabled,
+            "max_failures": bans.max_failures,
+            "find_time": bans.find_time,
+            "ban_time": bans.ban_time,
+            "ignore": ["127.0.0.1/8", "::1/128", *bans.ignore],
+            "ports": sorted(MAIL_PORTS.values()),
+            "postfix_unit": f"{POSTFIX_INSTANCE_UNIT}.service",
+            "recidive": dict(RECIDIVE),
+        },
         "mail": {
             "domains": domains,
             "primary_domain": cfg.primary_domain,
@@ -170,6 +188,8 @@ def host_vars(context: dict[str, Any]) -> dict[str, Any]:
         "mailstack_hostname": context["host"]["hostname"],
         "mailstack_ssh_port": context["host"]["ssh_port"],
         "mailstack_firewall_tcp_ports": list(context["firewall"]["tcp_ports"]),
+        "mailstack_bans_enabled": context["bans"]["enabled"],
+        "mailstack_postfix_instance_service": POSTFIX_INSTANCE_UNIT,
         "mailstack_vmail": dict(context["mail"]["vmail"]),
         "mailstack_tls": {"dir": TLS_DIR, "key_file": context["tls"]["key_file"],
                           "cert_file": context["tls"]["cert_file"]},

@@ -8,6 +8,7 @@ itself is read and written by document.py.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -23,6 +24,7 @@ RESERVED_LOCAL_PART = "mailstack-verify"  # the mailbox `mailstack verify` uses
 
 _SIZE = re.compile(r"(\d+)\s*([kmg]?)b?", re.IGNORECASE)
 _DURATION = re.compile(r"\d{1,6}[smhdw]")
+_NETWORK = re.compile(r"[0-9A-Fa-f:.]{2,45}(/[0-9]{1,3})?")
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 _RELAY_USER = re.compile(r"[^\s:\x00-\x1f\x7f]{1,255}")
 _RELAY_HOST = re.compile(r"(\[[A-Za-z0-9.-]+\]|[A-Za-z0-9.-]+)(?::(\d{1,5}))?")
@@ -101,6 +103,17 @@ def _relay_host(value: Any) -> str:
     return text
 
 
+def _network(value: Any) -> str:
+    """An address or network (CIDR) fail2ban never bans: lands in its ignoreip list."""
+    text = str(value).strip()
+    if not _NETWORK.fullmatch(text):
+        raise ValueError("must be an IP address or network like 192.0.2.10 or 2001:db8::/32")
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        raise ValueError("must be an IP address or network like 192.0.2.10 or 2001:db8::/32") from None
+
+
 def _destinations(value: Any) -> list[str]:
     """An alias points at one address or a list of them."""
     items = [value] if isinstance(value, str) else value
@@ -146,11 +159,25 @@ class Storage(_Strict):
     encryption: Literal["gocryptfs", "encfs", "none"] = "gocryptfs"
 
 
+class Bans(_Strict):
+    """Brute-force bans (fail2ban): an address that fails to log in max_failures times within
+    find_time is refused on the mail ports for ban_time; one banned again and again, for a
+    week."""
+
+    enabled: bool = True
+    max_failures: Annotated[int, Field(ge=1, le=100)] = 5
+    find_time: Duration = "10m"
+    ban_time: Duration = "1h"
+    # Addresses or networks never banned (an office, a monitoring host).
+    ignore: list[Annotated[str, BeforeValidator(_network)]] = []
+
+
 class Options(_Strict):
     message_size_limit: MessageSize = 50 * 1024**2
     relay: Relay | None = None
     queue: Queue = Queue()
     storage: Storage = Storage()
+    bans: Bans = Bans()
 
 
 class User(_Strict):

@@ -219,6 +219,16 @@ options:
   # encrypted another way). The passphrase is in secrets/site.yml and never rests on the server.
   storage:
     encryption: gocryptfs
+
+  # Brute-force bans (fail2ban): an address that fails to log in max_failures times within
+  # find_time is refused on the mail ports (never SSH) for ban_time; ignore lists addresses
+  # or networks never banned, e.g. [192.0.2.10, 2001:db8::/32].
+  bans:
+    enabled: true
+    max_failures: 5
+    find_time: 10m
+    ban_time: 1h
+    ignore: []
 """
 
 

@@ -74,7 +74,12 @@ STACK_PACKAGES: tuple[str, ...] = (
     "swaks",
     "ca-certificates",
     "openssl",
+    "fail2ban",
+    "python3-systemd",
 )
+# Off until a deploy configures it, as every service the roles start: Debian's defaults
+# enable an sshd jail reading /var/log/auth.log, which these hosts (no rsyslog) lack.
+STACK_SETUP: tuple[str, ...] = ("systemctl disable --now --quiet fail2ban",)
 # Postfix asks a question at install time; "No configuration" leaves main.cf to us.
 STACK_DEBCONF = "postfix postfix/main_mailer_type select No configuration\n"
 # ssl-cert (pulled in by postfix/dovecot-core) makes a "snakeoil" key and cert at
@@ -124,7 +129,8 @@ def stack_image_tag(base: str | None = None) -> str:
     """The tag stack_image() builds for a given base tag."""
     base = base or base_image_tag()
     key = {"base": base, "packages": list(STACK_PACKAGES), "debconf": STACK_DEBCONF,
-           "snakeoil_unit": SNAKEOIL_UNIT, "version": STACK_RECIPE_VERSION}
+           "snakeoil_unit": SNAKEOIL_UNIT, "setup": list(STACK_SETUP),
+           "version": STACK_RECIPE_VERSION}
     return f"{STACK_REPO}:{short_hash(key)}"
 
 
@@ -189,7 +195,7 @@ def stack_image() -> str:
     base = base_image()
     tag = stack_image_tag(base)
     return cached_image(tag, lambda: build_image(base, tag, STACK_PACKAGES, what="stack",
-                                                 debconf=STACK_DEBCONF))
+                                                 debconf=STACK_DEBCONF, setup=STACK_SETUP))
 
 
 def restart_host(name: str, *, network: str | None = None) -> Host:

@@ -104,6 +104,18 @@ def test_all_problems_reported_at_once(tmp_path):
          "domains (line 3): must list at least one domain"),
         (("alice@example.org\n  - address: bob", "ali%ce@example.org\n  - address: bob"),
          "has a routing or quoting character"),
+        (("25M", "25M\n  bans:\n    max_failures: 0"),
+         "options.bans.max_failures (line 14): Input should be greater than or equal to 1"),
+        (("25M", "25M\n  bans:\n    ban_time: forever"),
+         "options.bans.ban_time (line 14): must be a duration like 30m"),
+        (("25M", "25M\n  bans:\n    ignore: [192.0.2.300]"),
+         "options.bans.ignore[0] (line 14): must be an IP address or network"),
+        (("25M", "25M\n  bans:\n    ignore: ['-192.0.2.1']"),
+         "options.bans.ignore[0] (line 14): must be an IP address or network"),
+        (("25M", "25M\n  bans:\n    ignore: [\"10.0.0.0/8 1.2.3.4\"]"),
+         "must be an IP address or network"),
+        (("25M", "25M\n  bans:\n    ignore: [\"10.0.0.1\\n[sshd]\"]"),
+         "must be an IP address or network"),
     ],
 )
 def test_rule_violations_name_the_field_and_the_fix(tmp_path, edit, expected):
@@ -127,3 +139,12 @@ def test_addresses_are_normalised_to_lower_case(tmp_path):
     cfg = load(tmp_path, VALID.replace("  - address: alice@example.org",
                                         "  - address: Alice@Example.ORG")).model
     assert cfg.users[0].address == "alice@example.org"
+
+
+def test_bans_take_their_defaults_and_normalise_networks(tmp_path):
+    cfg = load(tmp_path, VALID).model
+    bans = cfg.options.bans
+    assert (bans.enabled, bans.max_failures, bans.find_time, bans.ban_time, bans.ignore) == (
+        True, 5, "10m", "1h", [])
+    cfg = load(tmp_path, VALID.replace("25M", "25M\n  bans:\n    ignore: [192.0.2.7/24, 2001:DB8::1]")).model
+    assert cfg.options.bans.ignore == ["192.0.2.0/24", "2001:db8::1/128"]
