@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Delivery throughput: encrypted store vs a plain directory, same host, same run.
+"""Delivery throughput: encrypted store vs a plain directory, and the spam filter in the path
+vs out of it; same host, same run.
 
 The real pipeline end to end: Postfix's `smtp-source` in a second container sends N
 messages over SMTP to port 25 of a deployed mailstack host; Postfix (with its MariaDB
@@ -17,12 +18,19 @@ changes: the gocryptfs mount the deploy made (mounted with mailstack-storage, as
 `mailstack unlock` does), or a plain directory on the same disk bind-mounted there.
 Rounds alternate the order; medians are printed, with the ratio encrypted/plain.
 
+Then the spam filter: end to end on the encrypted store with rspamd in Postfix's milters (as
+deployed) and without it (only OpenDKIM's, set with postconf for the run), alternating, with
+the ratio with/without and the p95 of the time rspamd spent per message (from its log). The
+bench site files nothing into Junk and greylists nothing (options.spam), so every message is
+scanned in full and counted in the INBOX.
+
     .venv/bin/python bench/throughput.py [--messages N] [--sessions S] [--size B] [--rounds R]
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import sys
 import tempfile
@@ -114,10 +122,51 @@ def delivery_only(server: str, client: str, server_ip: str, args: argparse.Names
 
 
 PHASES = {"end to end": end_to_end, "delivery only": delivery_only}
+RSPAMD_LOG = "/var/log/rspamd/rspamd.log"
+
+
+def use_filter(server: str, on: bool, milters: str) -> None:
+    """rspamd in Postfix's milters (the deployed list) or out of them (OpenDKIM's alone)."""
+    wanted = milters if on else ", ".join(m.strip() for m in milters.split(",")
+                                          if "11332" not in m)
+    sh(server, f"postconf -e 'smtpd_milters={wanted}' && postfix reload >/dev/null 2>&1")
+
+
+def scan_times(server: str) -> list[float]:
+    """Milliseconds rspamd spent on each message it logged (its "time: N real" field)."""
+    log = sh(server, f"cat {RSPAMD_LOG} 2>/dev/null || true")
+    return [float(t) for t in re.findall(r"rspamd_task_write_log: .*? time: ([0-9.]+)ms", log)]
+
+
+def filter_rounds(server: str, client: str, server_ip: str, args: argparse.Namespace,
+                  passphrase: str) -> dict[bool, list[float]]:
+    milters = sh(server, "postconf -h smtpd_milters").strip()
+    rates: dict[bool, list[float]] = {True: [], False: []}
+    try:
+        for i in range(args.rounds):
+            for on in ((True, False) if i % 2 == 0 else (False, True)):
+                use_filter(server, on, milters)
+                use_store(server, "gocryptfs", passphrase)
+                rate = end_to_end(server, client, server_ip, args)
+                rates[on].append(rate)
+                print(f"round {i + 1}: {'rspamd' if on else 'no filter':9} end to end    "
+                      f"{rate:7.1f} msg/s", flush=True)
+    finally:
+        use_filter(server, True, milters)
+    return rates
+
+
+def p95(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))]
 
 
 def deploy(server_ip: str, key: Path, workdir: Path) -> Path:
-    site = new_site(workdir / "site", server_ip, key, USER)
+    site = new_site(workdir / "site", server_ip, key, USER, NETWORK)
+    # Every message scanned in full and delivered to the INBOX, where it is counted.
+    config = site / "mailstack.yml"
+    config.write_text(config.read_text().replace("    junk_score: 6\n", "    junk_score: 14\n")
+                      .replace("    greylist_score: 4\n", "    greylist_score: null\n"))
     print(f"deployed in {mailstack(site, 'deploy'):.0f} s", flush=True)
     return site
 
@@ -138,6 +187,9 @@ def main() -> int:
     key = sandbox.ensure_keypair(sandbox.default_state_dir())
     tag = uuid.uuid4().hex[:6]
     site = Path("?/site")
+    rates: dict[tuple[str, str], list[float]] = {}
+    filtered: dict[bool, list[float]] = {}
+    times: list[float] = []
     server = f"mailstack-bench-mail-{tag}"
     client = f"mailstack-bench-client-{tag}"
     try:
@@ -148,7 +200,6 @@ def main() -> int:
             site = deploy(host.ip, key, Path(tempfile.mkdtemp(prefix="mailstack-bench-site-")
                                               if args.keep else tmp))
             passphrase = Site(site).secrets.site["storage_passphrase"]
-            rates: dict[tuple[str, str], list[float]] = {}
             for i in range(args.rounds):
                 order = ("plain", "gocryptfs") if i % 2 == 0 else ("gocryptfs", "plain")
                 for mode in order:
@@ -158,6 +209,8 @@ def main() -> int:
                         rates.setdefault((phase, mode), []).append(rate)
                         print(f"round {i + 1}: {mode:9} {phase:13} {rate:7.1f} msg/s",
                               flush=True)
+            filtered = filter_rounds(server, client, host.ip, args, passphrase)
+            times = scan_times(server)
         print(f"\n{args.messages} messages per run, {args.rounds} rounds, {args.sessions} SMTP "
               f"sessions, {args.size}-byte bodies, one mailbox; medians in messages/s")
         print(f"{'':15}{'plain':>8}{'gocryptfs':>11}{'ratio':>8}")
@@ -165,6 +218,14 @@ def main() -> int:
             plain, enc = (statistics.median(rates[(phase, m)]) for m in ("plain", "gocryptfs"))
             print(f"{phase:15}{plain:8.1f}{enc:11.1f}{enc / plain:8.2f}")
         print("aim: gocryptfs >= 0.70 of plain")
+        if rates and filtered:
+            with_filter, without = (statistics.median(filtered[on]) for on in (True, False))
+            print(f"\nspam filter, end to end on gocryptfs: {'rspamd':>8}{'none':>8}{'ratio':>8}")
+            print(f"{'':37}{with_filter:8.1f}{without:8.1f}{with_filter / without:8.2f}")
+            if times:
+                print(f"rspamd time per message: median {statistics.median(times):.1f} ms, "
+                      f"p95 {p95(times):.1f} ms ({len(times)} messages)")
+            print("aim: with rspamd >= 0.70 of without")
     finally:
         if not args.keep:
             testbed.remove_host(server)

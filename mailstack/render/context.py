@@ -39,7 +39,20 @@ POSTFIX_QUEUE_DIR = "/var/spool/postfix"
 LMTP_SOCKET = "private/dovecot-lmtp"  # relative to Postfix's queue directory (its chroot)
 AUTH_SOCKET = "private/auth"
 # The ports the mail services listen on, open in the firewall with the host's SSH port.
-MAIL_PORTS = {"smtp": 25, "submissions": 465, "submission": 587, "imaps": 993}
+MAIL_PORTS = {"smtp": 25, "submissions": 465, "submission": 587, "imaps": 993, "sieve": 4190}
+# The clients trusted as "this host" (Postfix's mynetworks, rspamd's local_addrs): loopback
+# only; everyone else authenticates or is scanned as a stranger.
+MYNETWORKS = ["127.0.0.0/8", "::1/128"]
+# The host's own resolver (unbound), which Postfix and rspamd ask.
+RESOLVER_ADDRESS = "127.0.0.1"
+# rspamd: the milter Postfix talks to (the proxy worker, scanning itself) and the
+# controller (learning, `rspamc`, the web interface through an SSH tunnel), both on
+# loopback only; Redis keeps its statistics, greylisting and rate-limit buckets.
+RSPAMD = {"proxy": "127.0.0.1:11332", "controller": "127.0.0.1:11334",
+          "redis": "127.0.0.1:6379"}
+# Global Sieve scripts (Junk filing, learning) and the programs they may pipe mail to.
+SIEVE_DIR = "/etc/dovecot/sieve"
+SIEVE_PIPE_DIR = "/etc/dovecot/sieve-pipe"
 # The systemd unit of the Postfix instance (Debian's postfix.service only starts it): its
 # journal is where fail2ban reads Postfix's failed logins.
 POSTFIX_INSTANCE_UNIT = "postfix@-"
@@ -47,7 +60,8 @@ POSTFIX_INSTANCE_UNIT = "postfix@-"
 RECIDIVE = {"max_failures": 5, "find_time": "1d", "ban_time": "1w"}
 # Services that must never run without the mounted store, and those `mailstack status` shows.
 STORE_BOUND_SERVICES = ["dovecot"]
-STATUS_SERVICES = ["postfix", "dovecot", "opendkim", "mariadb"]
+STATUS_SERVICES = ["postfix", "dovecot", "opendkim", "mariadb", "rspamd", "redis-server",
+                   "unbound"]
 
 
 def systemd_mount_unit(path: str) -> str:
@@ -55,6 +69,12 @@ def systemd_mount_unit(path: str) -> str:
     escaped = "".join(c if c.isalnum() or c in "/_." else f"\\x{ord(c):02x}"
                       for c in path.strip("/"))
     return escaped.replace("/", "-") + ".mount"
+
+
+def postfix_network(network: str) -> str:
+    """Postfix writes IPv6 networks with the address in brackets: [::1]/128."""
+    address, _, length = network.partition("/")
+    return f"[{address}]/{length}" if ":" in address else network
 
 
 def verify_address(cfg: SiteConfig) -> str:
@@ -65,6 +85,8 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
     """The render context (docs/render-context.md is its contract)."""
     site_secrets = secrets.site
     bans = cfg.options.bans
+    spam = cfg.options.spam
+    resolver = cfg.options.resolver
     relay = None
     if cfg.options.relay:
         password = site_secrets.get("relay_password")
@@ -113,13 +135,36 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
             "postfix_unit": f"{POSTFIX_INSTANCE_UNIT}.service",
             "recidive": dict(RECIDIVE),
         },
+        "resolver": {
+            "address": RESOLVER_ADDRESS,
+            "forward_to": list(resolver.forward_to),
+            "dnssec": resolver.dnssec,
+        },
+        "spam": {
+            "milter": f"inet:{RSPAMD['proxy']}",
+            "proxy": RSPAMD["proxy"],
+            "controller": RSPAMD["controller"],
+            "redis": RSPAMD["redis"],
+            "redis_max_memory": "64mb",
+            "nameserver": f"{RESOLVER_ADDRESS}:53",
+            "local_addrs": list(MYNETWORKS),
+            "reject_score": spam.reject_score,
+            "junk_score": spam.junk_score,
+            "greylist_score": spam.greylist_score,
+            "greylist_delay": spam.greylist_delay,
+            "user_hourly_limit": spam.user_hourly_limit,
+            # The header rspamd's milter adds at junk_score, which the Sieve script files.
+            "header": "X-Spam",
+            "sieve_dir": SIEVE_DIR,
+            "sieve_pipe_dir": SIEVE_PIPE_DIR,
+        },
         "mail": {
             "domains": domains,
             "primary_domain": cfg.primary_domain,
             "admin_email": cfg.admin_email,
             "verify_address": verify_address(cfg),
             "message_size_limit": cfg.options.message_size_limit,
-            "mynetworks": "127.0.0.0/8 [::1]/128",
+            "mynetworks": " ".join(map(postfix_network, MYNETWORKS)),
             "vmail": dict(VMAIL),
             "postfix_queue_dir": POSTFIX_QUEUE_DIR,
             "lmtp_socket": LMTP_SOCKET,
@@ -194,6 +239,8 @@ def host_vars(context: dict[str, Any]) -> dict[str, Any]:
         "mailstack_tls": {"dir": TLS_DIR, "key_file": context["tls"]["key_file"],
                           "cert_file": context["tls"]["cert_file"]},
         "mailstack_dkim_keys_dir": DKIM_KEYS_DIR,
+        "mailstack_sieve_dirs": [SIEVE_DIR, SIEVE_PIPE_DIR],
+        "mailstack_resolver_address": RESOLVER_ADDRESS,
         "mailstack_db_name": context["db"]["name"],
         "mailstack_lmtp_socket": storage["lmtp_socket"],
         "mailstack_storage": {k: storage[k] for k in (

@@ -13,7 +13,15 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from mailstack.errors import ConfigError
@@ -114,6 +122,17 @@ def _network(value: Any) -> str:
         raise ValueError("must be an IP address or network like 192.0.2.10 or 2001:db8::/32") from None
 
 
+def _ip(value: Any) -> str:
+    """A resolver's address: lands in unbound's forward-addr lines."""
+    problem = ValueError("must be an IP address like 192.0.2.53 or 2001:db8::53")
+    if not isinstance(value, str) or not _NETWORK.fullmatch(value) or "/" in value:
+        raise problem
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise problem from None
+
+
 def _destinations(value: Any) -> list[str]:
     """An alias points at one address or a list of them."""
     items = [value] if isinstance(value, str) else value
@@ -172,12 +191,55 @@ class Bans(_Strict):
     ignore: list[Annotated[str, BeforeValidator(_network)]] = []
 
 
+class Resolver(_Strict):
+    """The host's own DNS resolver (unbound on 127.0.0.1), which Postfix and rspamd use.
+
+    By default it resolves from the root servers and validates DNSSEC: the DNS blocklists
+    refuse queries that come through the big public resolvers, so a mail server needs its
+    own. forward_to sends every query to the resolvers listed instead (a resolver of your
+    own network, or a test bed's)."""
+
+    forward_to: list[Annotated[str, BeforeValidator(_ip)]] = []
+    # Off only for an upstream that strips DNSSEC data (validation would fail every name).
+    dnssec: bool = True
+
+
+Score = Annotated[float, Field(ge=-1000, le=1000, allow_inf_nan=False)]
+
+
+class Spam(_Strict):
+    """The spam filter (rspamd): what a message's score leads to, greylisting, and how much
+    one authenticated user may send."""
+
+    # At or above: refused at SMTP time (5xx; the sender learns it was not delivered).
+    reject_score: Score = 15
+    # At or above: delivered into the recipient's Junk folder.
+    junk_score: Score = 6
+    # At or above (and below junk_score): greylisted, i.e. answered 4xx once; a real MTA
+    # retries after greylist_delay and gets through. null: no greylisting.
+    greylist_score: Score | None = 4
+    greylist_delay: Duration = "5m"
+    # Messages one authenticated user may send per hour (burst included); above it the
+    # client gets 4xx. A stolen password must not get the server's address blocklisted.
+    user_hourly_limit: Annotated[int, Field(ge=1, le=1_000_000)] = 200
+
+    @model_validator(mode="after")
+    def _scores_in_order(self) -> Spam:
+        if self.junk_score >= self.reject_score:
+            raise ValueError("junk_score must be below reject_score, or nothing goes to Junk")
+        if self.greylist_score is not None and self.greylist_score >= self.junk_score:
+            raise ValueError("greylist_score must be below junk_score (or null: no greylisting)")
+        return self
+
+
 class Options(_Strict):
     message_size_limit: MessageSize = 50 * 1024**2
     relay: Relay | None = None
     queue: Queue = Queue()
     storage: Storage = Storage()
     bans: Bans = Bans()
+    spam: Spam = Spam()
+    resolver: Resolver = Resolver()
 
 
 class User(_Strict):

@@ -229,6 +229,24 @@ options:
     find_time: 10m
     ban_time: 1h
     ignore: []
+
+  # The spam filter (rspamd). At reject_score a message is refused (5xx), at junk_score it
+  # goes to Junk, at greylist_score (null: never) the sender must retry after
+  # greylist_delay. One authenticated user may send user_hourly_limit messages an hour.
+  spam:
+    reject_score: 15
+    junk_score: 6
+    greylist_score: 4
+    greylist_delay: 5m
+    user_hourly_limit: 200
+
+  # The host's own DNS resolver (unbound): it resolves from the root servers and validates
+  # DNSSEC, as DNS blocklists require (they refuse the big public resolvers). forward_to
+  # sends every query to these resolvers instead, e.g. [192.0.2.53]; dnssec: false only for
+  # one that strips DNSSEC data.
+  resolver:
+    forward_to: []
+    dnssec: true
 """
 
 

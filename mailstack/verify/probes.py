@@ -4,6 +4,7 @@ raises a network/protocol error (a failed check). Grouped by what they prove."""
 from __future__ import annotations
 
 import base64
+import email.utils
 import smtplib
 import socket
 import uuid
@@ -152,3 +153,29 @@ def refusals(t: Target) -> list[tuple[str, Probe]]:
         ("mail from outside to the verify mailbox refused", lambda: refused_on_25(t, t.user)),
         ("sender not owned by the user refused", lambda: spoofed_sender_refused(t)),
     ]
+
+
+# --- filtering: the spam filter answers ----------------------------------------------------
+
+# The standard test string every spam filter refuses (rspamd: the reject action).
+GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+
+
+def spam_refused(t: Target) -> tuple[bool, str]:
+    """GTUBE from the verify mailbox to itself over 587: the spam filter must refuse it at the
+    end of DATA (5xx). Safe on a production server: nothing is delivered, nothing leaves."""
+    text = (f"From: {t.user}\r\nTo: {t.user}\r\nSubject: mailstack verify: spam filter\r\n"
+            f"Date: {email.utils.formatdate()}\r\nMessage-ID: {email.utils.make_msgid()}\r\n"
+            f"\r\n{GTUBE}\r\n")
+    with smtp(t.address, 587, tls="starttls") as s:
+        s.login(t.user, t.password)
+        try:
+            s.sendmail(t.user, [t.user], text)
+        except smtplib.SMTPDataError as exc:
+            answer = f"{exc.smtp_code} {exc.smtp_error.decode(errors='replace')}"
+            return 500 <= exc.smtp_code < 600, answer
+        return False, "GTUBE accepted: the spam filter did not refuse it"
+
+
+def filtering(t: Target) -> list[tuple[str, Probe]]:
+    return [("spam filter refuses GTUBE", lambda: spam_refused(t))]

@@ -49,7 +49,8 @@ def target(site: Site, host: InventoryHost) -> Target:
 
 def probe_host(t: Target) -> list[Check]:
     rec = Recorder(t.host)
-    for name, probe in [*probes.listening(t), *probes.authentication(t), *probes.refusals(t)]:
+    for name, probe in [*probes.listening(t), *probes.authentication(t), *probes.refusals(t),
+                        *probes.filtering(t)]:
         rec.attempt(name, probe)
     round_trip(t, rec)
     # Last: a failed login makes Dovecot delay this client's next logins (auth penalty).

@@ -4,6 +4,7 @@ clients talking to the deployed host."""
 from __future__ import annotations
 
 import email
+import email.utils
 import imaplib
 import os
 import smtplib
@@ -57,11 +58,18 @@ def imap_subjects(ip: str, user: str) -> list[str]:
         imap.logout()
 
 
+def message(subject: str, rcpt: str, sender: str = "<>") -> str:
+    """A well-formed message (the headers the spam filter expects of a real MTA's mail)."""
+    return (f"From: {sender}\r\nTo: {rcpt}\r\nSubject: {subject}\r\n"
+            f"Date: {email.utils.formatdate()}\r\nMessage-ID: {email.utils.make_msgid()}\r\n"
+            f"\r\nbody of {subject}\r\n")
+
+
 def send(ip: str, rcpt: str, subjects: list[str]) -> None:
     """One message per subject from the outside, over port 25 (each accepted with 250)."""
     with smtplib.SMTP(ip, 25, timeout=20, local_hostname="client.test") as smtp:
         for subject in subjects:
-            smtp.sendmail("", [rcpt], f"Subject: {subject}\r\n\r\nbody of {subject}\r\n")
+            smtp.sendmail("", [rcpt], message(subject, rcpt))
 
 
 def wait_for_subjects(ip: str, user: str, subjects: list[str], timeout: float = 30) -> list[str]:

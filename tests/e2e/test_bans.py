@@ -51,6 +51,7 @@ def bed(tmp_path_factory):
                 assert old in text
                 text = text.replace(old, new)
             config.write_text(text)
+            testbed.set_site_resolver(site, internet.resolver_ip, dnssec=False)
             assert mailstack(site, "user", "add", ALICE, "--password-stdin",
                              input=PASSWORD + "\n").returncode == 0
             deployed = mailstack(site, "deploy")

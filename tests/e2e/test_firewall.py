@@ -42,6 +42,7 @@ def test_a_deploy_over_port_2222_keeps_that_port_open(host, tmp_path):
     site = tmp_path / "site"
     assert mailstack(None, "init", str(site), "--domain", "fw.test", "--hostname", "mail.fw.test",
                      "--host", ip, "--ssh-port", str(PORT), "--ssh-key", str(key)).returncode == 0
+    testbed.set_site_resolver(site, testbed.offline_resolver())
     assert mailstack(site, "user", "add", "alice@fw.test", "--password-stdin",
                      input=PASSWORD + "\n").returncode == 0
     first = mailstack(site, "deploy")
@@ -49,7 +50,7 @@ def test_a_deploy_over_port_2222_keeps_that_port_open(host, tmp_path):
     ruleset = testbed.exec_in(name, ["nft", "list", "table", "inet", "mailstack"]).stdout
     ports = re.search(r"tcp dport \{ ([0-9, ]+) \} accept", ruleset)
     assert ports, ruleset
-    assert [int(p) for p in ports.group(1).split(",")] == [25, 465, 587, 993, PORT]
+    assert [int(p) for p in ports.group(1).split(",")] == [25, 465, 587, 993, PORT, 4190]
     # The firewall is loaded now: the next deploy and the storage tool still get in.
     again = mailstack(site, "deploy")
     assert again.returncode == 0, again.stdout + again.stderr

@@ -22,7 +22,8 @@ ONLY_ALWAYS = "mailstack-no-such-tag"
 # The facts `mailstack render` writes for a host (site.yml loads them); the role defaults
 # refer to them.
 RENDERED_FACTS = REPO / "tests" / "golden" / HOST / "mailstack_vars.yml"
-ROLES = ("common", "tls", "mariadb", "opendkim", "storage", "dovecot", "postfix", "fail2ban")
+ROLES = ("common", "resolver", "tls", "mariadb", "opendkim", "rspamd", "storage", "dovecot", "postfix",
+         "fail2ban")
 
 
 def _ansible_playbook() -> str:

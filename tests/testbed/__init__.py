@@ -14,6 +14,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 # The test bed's API: the sandbox's hosts and images, plus the stack image below.
 from mailstack.sandbox.containers import (
@@ -41,11 +42,37 @@ from mailstack.sandbox.engine import (
 from mailstack.sandbox.image import FALLBACK_MIRROR, base_image, base_image_tag, debian_sources
 
 __all__ = [
-    "FALLBACK_MIRROR", "STACK_PACKAGES", "Host", "Internet", "Record", "SandboxError", "Sender",
-    "base_image", "blocklist_records", "build_image", "cached_image", "container_ip", "container_running",
-    "debian_sources", "ensure_engine", "ensure_network", "exec_in", "internet_image", "network_subnet",
-    "remove_host", "remove_network", "restart_host", "role_packages", "sender_domain", "site_records",
-    "stack_image", "start_host", "use_resolver", "wait_for_port",
+    "FALLBACK_MIRROR",
+    "STACK_PACKAGES",
+    "Host",
+    "Internet",
+    "Record",
+    "SandboxError",
+    "Sender",
+    "base_image",
+    "blocklist_records",
+    "build_image",
+    "cached_image",
+    "container_ip",
+    "container_running",
+    "debian_sources",
+    "ensure_engine",
+    "ensure_network",
+    "exec_in",
+    "internet_image",
+    "network_subnet",
+    "offline_resolver",
+    "remove_host",
+    "remove_network",
+    "restart_host",
+    "role_packages",
+    "sender_domain",
+    "set_site_resolver",
+    "site_records",
+    "stack_image",
+    "start_host",
+    "use_resolver",
+    "wait_for_port",
 ]
 
 
@@ -76,10 +103,16 @@ STACK_PACKAGES: tuple[str, ...] = (
     "openssl",
     "fail2ban",
     "python3-systemd",
+    "unbound",
+    "rspamd",
+    "redis-server",
+    "dovecot-sieve",
+    "dovecot-managesieved",
 )
-# Off until a deploy configures it, as every service the roles start: Debian's defaults
-# enable an sshd jail reading /var/log/auth.log, which these hosts (no rsyslog) lack.
-STACK_SETUP: tuple[str, ...] = ("systemctl disable --now --quiet fail2ban",)
+# Off until a deploy configures them, as every service the roles start: Debian's defaults
+# enable an sshd jail reading /var/log/auth.log, which these hosts (no rsyslog) lack;
+# unbound listens on ::1 and Redis maps a user namespace, neither of which a container has.
+STACK_SETUP: tuple[str, ...] = ("systemctl disable --now --quiet fail2ban unbound redis-server",)
 # Postfix asks a question at install time; "No configuration" leaves main.cf to us.
 STACK_DEBCONF = "postfix postfix/main_mailer_type select No configuration\n"
 # ssl-cert (pulled in by postfix/dovecot-core) makes a "snakeoil" key and cert at
@@ -196,6 +229,29 @@ def stack_image() -> str:
     tag = stack_image_tag(base)
     return cached_image(tag, lambda: build_image(base, tag, STACK_PACKAGES, what="stack",
                                                  debconf=STACK_DEBCONF, setup=STACK_SETUP))
+
+
+def offline_resolver(network: str | None = None) -> str:
+    """The resolver a mail host of a test without the internet in a box forwards to
+    (options.resolver.forward_to): the gateway of its network, i.e. this machine, where
+    nothing answers DNS. Every lookup fails at once and nothing leaves the machine: a host
+    resolving from the root servers would send tests' queries (rspamd's blocklist lookups
+    among them) to the real internet."""
+    out = docker("network", "inspect", "-f", "{{range .IPAM.Config}}{{.Gateway}}{{end}}",
+                 network or "bridge").stdout.strip()
+    if not out:
+        raise SandboxError(f"network {network or 'bridge'} has no gateway address")
+    return out
+
+
+def set_site_resolver(site: Path, ip: str, *, dnssec: bool = True) -> None:
+    """Make the site's hosts resolve through `ip` (options.resolver): the internet in a box,
+    or testbed.offline_resolver() where a test has none. Never the real internet."""
+    config = site / "mailstack.yml"
+    text = config.read_text()
+    assert "    forward_to: []\n    dnssec: true\n" in text, "mailstack.yml has no default resolver block"
+    config.write_text(text.replace("    forward_to: []\n    dnssec: true\n",
+                                   f"    forward_to: [{ip}]\n    dnssec: {str(dnssec).lower()}\n"))
 
 
 def restart_host(name: str, *, network: str | None = None) -> Host:

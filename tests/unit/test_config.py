@@ -116,6 +116,24 @@ def test_all_problems_reported_at_once(tmp_path):
          "must be an IP address or network"),
         (("25M", "25M\n  bans:\n    ignore: [\"10.0.0.1\\n[sshd]\"]"),
          "must be an IP address or network"),
+        (("25M", "25M\n  spam:\n    junk_score: 20"),
+         "options.spam (line 13): junk_score must be below reject_score"),
+        (("25M", "25M\n  spam:\n    greylist_score: 6"),
+         "greylist_score must be below junk_score (or null: no greylisting)"),
+        (("25M", "25M\n  spam:\n    reject_score: .nan"),
+         "options.spam.reject_score (line 14): Input should be a finite number"),
+        (("25M", "25M\n  spam:\n    user_hourly_limit: 0"),
+         "options.spam.user_hourly_limit (line 14): Input should be greater than or equal to 1"),
+        (("25M", "25M\n  spam:\n    greylist_delay: 5 minutes"),
+         "options.spam.greylist_delay (line 14): must be a duration like 30m"),
+        (("25M", "25M\n  resolver:\n    forward_to: [192.0.2.0/24]"),
+         "options.resolver.forward_to[0] (line 14): must be an IP address like 192.0.2.53"),
+        (("25M", "25M\n  resolver:\n    forward_to: [\"192.0.2.53\\nforward-addr: 1.1.1.1\"]"),
+         "options.resolver.forward_to[0] (line 14): must be an IP address"),
+        (("25M", "25M\n  resolver:\n    forward_to: ['-192.0.2.53']"),
+         "options.resolver.forward_to[0] (line 14): must be an IP address"),
+        (("25M", "25M\n  resolver:\n    forward_to: [dns.example.org]"),
+         "options.resolver.forward_to[0] (line 14): must be an IP address"),
     ],
 )
 def test_rule_violations_name_the_field_and_the_fix(tmp_path, edit, expected):
@@ -139,6 +157,16 @@ def test_addresses_are_normalised_to_lower_case(tmp_path):
     cfg = load(tmp_path, VALID.replace("  - address: alice@example.org",
                                         "  - address: Alice@Example.ORG")).model
     assert cfg.users[0].address == "alice@example.org"
+
+
+def test_spam_and_resolver_take_their_defaults(tmp_path):
+    cfg = load(tmp_path, VALID).model
+    spam, resolver = cfg.options.spam, cfg.options.resolver
+    assert (spam.reject_score, spam.junk_score, spam.greylist_score, spam.greylist_delay,
+            spam.user_hourly_limit) == (15, 6, 4, "5m", 200)
+    assert (resolver.forward_to, resolver.dnssec) == ([], True)
+    cfg = load(tmp_path, VALID.replace("25M", "25M\n  resolver:\n    forward_to: [2001:DB8::35]")).model
+    assert cfg.options.resolver.forward_to == ["2001:db8::35"]
 
 
 def test_bans_take_their_defaults_and_normalise_networks(tmp_path):

@@ -43,12 +43,13 @@ def file(dest: Path, text: str, mode: str = "0644", **more) -> dict:
             "mode": mode, **ME, **more}
 
 
-def place(entries: list[dict], check_mode: bool = False) -> tuple[list[str], str]:
+def place(entries: list[dict], check_mode: bool = False,
+          together: str | None = None) -> tuple[list[str], str]:
     calls.clear()
     place_mod.check_entries(entries)
     changed: list[str] = []
     try:
-        place_mod.place(entries, check_mode, run, changed)
+        place_mod.place(entries, check_mode, run, changed, together)
     except place_mod.PlaceError as exc:
         return changed, str(exc)
     return changed, ""
@@ -98,6 +99,34 @@ def test_validate_sees_the_candidate(tmp_path: Path) -> None:
     candidate = calls[0][-1]
     assert candidate != str(dest) and Path(candidate).parent == tmp_path
     assert dest.read_text() == "new\n"
+
+
+# A set check: every LIVE=CANDIDATE pair's candidate must say "ok" (as rspamadm configtest
+# would judge a copy of the whole directory with all candidates in place).
+SET_CHECK = "sh -c 'for p; do grep -q ok \"${p#*=}\" || exit 3; done' check %s"
+
+
+def test_a_set_is_checked_once_then_goes_live_in_order(tmp_path: Path) -> None:
+    conf = tmp_path / "local.d"
+    a, b = conf / "a.conf", conf / "b.conf"
+    entries = [{"dest": str(conf), "state": "directory", "mode": "0755", **ME},
+               file(a, "ok a\n"), file(b, "ok b\n")]
+    assert place(entries, together=SET_CHECK) == ([str(conf), str(a), str(b)], "")
+    assert len(calls) == 1, "one check for the whole set"
+    pairs = calls[0][-2:]
+    assert [p.split("=")[0] for p in pairs] == [str(a), str(b)]
+    assert all(Path(p.split("=")[1]).parent == conf for p in pairs)
+    assert a.read_text() == "ok a\n" and sorted(p.name for p in conf.iterdir()) == ["a.conf", "b.conf"]
+    assert place(entries, together=SET_CHECK) == ([], "") and calls == []
+
+
+def test_a_refused_set_replaces_nothing(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.conf", tmp_path / "b.conf"
+    a.write_text("old a\n")
+    changed, refused = place([file(a, "ok a\n"), file(b, "bad\n")], together=SET_CHECK)
+    assert changed == [] and "exit 3" in refused and str(b) in refused
+    assert a.read_text() == "old a\n" and not b.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.conf"], "no candidate left"
 
 
 def test_check_mode_changes_nothing(tmp_path: Path) -> None:

@@ -155,4 +155,4 @@ def test_the_firewall_opens_the_port_the_host_is_reached_on():
     files = {str(f.path): f.content for f in render_host(CONFIG, fake_secrets(), host)}
     facts = yaml.safe_load(files["mailstack_vars.yml"])
     assert facts["mailstack_ssh_port"] == 2222
-    assert facts["mailstack_firewall_tcp_ports"] == [25, 465, 587, 993, 2222]
+    assert facts["mailstack_firewall_tcp_ports"] == [25, 465, 587, 993, 2222, 4190]

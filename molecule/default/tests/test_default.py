@@ -20,7 +20,7 @@ HOSTNAME = "mail.example.org"
 DOMAIN = "example.org"
 USER = "alice@example.org"
 PASSWORD = "correct horse battery staple"
-PUBLIC_PORTS = (25, 465, 587, 993)
+PUBLIC_PORTS = (25, 465, 587, 993, 4190)
 
 
 def sh(host, command: str, *args: str) -> str:
@@ -44,7 +44,8 @@ def listeners(host) -> list[tuple[str, int]]:
 
 
 @pytest.mark.parametrize(
-    "unit", ["postfix@-", "dovecot", "opendkim", "mariadb", "nftables"]
+    "unit", ["postfix@-", "dovecot", "opendkim", "mariadb", "nftables", "rspamd",
+             "redis-server", "unbound"]
 )
 def test_service_running_and_enabled(host, unit):
     service = host.service(unit)
@@ -69,7 +70,7 @@ def test_no_plain_imap(host):
     assert not [a for a, p in listeners(host) if p == 143]
 
 
-@pytest.mark.parametrize("port", [3306, 8891])
+@pytest.mark.parametrize("port", [3306, 8891, 11332, 11334, 6379, 53])
 def test_backend_port_on_loopback_only(host, port):
     addrs = {a for a, p in listeners(host) if p == port}
     assert addrs == {"127.0.0.1"}, f"port {port} listens on {addrs}"
@@ -92,7 +93,7 @@ def test_firewall_opens_only_the_mail_and_ssh_ports(host):
                 right = match["right"]
                 values = right["set"] if isinstance(right, dict) else [right]
                 ports.update(int(v) for v in values)
-    assert ports == {22, 25, 465, 587, 993}
+    assert ports == {22, 25, 465, 587, 993, 4190}
 
 
 # --------------------------------------------------------------------------- host
@@ -126,7 +127,8 @@ def test_host_identity(host):
         ("smtpd_tls_auth_only", "yes"),
         ("smtpd_sasl_type", "dovecot"),
         ("virtual_transport", "lmtp:unix:private/dovecot-lmtp"),
-        ("smtpd_milters", "inet:127.0.0.1:8891"),
+        ("smtpd_milters", "inet:127.0.0.1:11332, inet:127.0.0.1:8891"),
+        ("non_smtpd_milters", "inet:127.0.0.1:8891"),
         ("milter_default_action", "tempfail"),
         ("smtpd_tls_chain_files", "/etc/mailstack/tls/privkey.pem, /etc/mailstack/tls/fullchain.pem"),
     ],
@@ -140,7 +142,7 @@ def test_postfix_effective_config(host, param, value):
     [
         ("ssl", "required"),
         ("disable_plaintext_auth", "yes"),
-        ("protocols", "imap lmtp"),
+        ("protocols", "imap lmtp sieve"),
         ("mail_uid", "5000"),
     ],
 )
@@ -153,6 +155,24 @@ def test_daemons_accept_their_config(host):
     assert check.rc == 0 and not check.stderr, check.stderr
     sh(host, "doveconf -n")
     sh(host, "opendkim -n -x /etc/opendkim.conf")
+    sh(host, "rspamadm configtest")
+    sh(host, "unbound-checkconf")
+
+
+def test_host_resolves_through_its_own_unbound(host):
+    assert "nameserver 127.0.0.1" in host.file("/etc/resolv.conf").content_string
+    assert "nameserver 127.0.0.1" in host.file("/var/spool/postfix/etc/resolv.conf").content_string
+
+
+def test_rspamd_answers_and_refuses_gtube(host):
+    gtube = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+    out = sh(host, "printf 'Subject: t\\n\\n%%s\\n' %s | rspamc -h 127.0.0.1:11334", gtube)
+    assert "Action: reject" in out, out
+
+
+def test_global_sieve_scripts_are_compiled(host):
+    for name in ("spam-to-junk", "learn-spam", "learn-ham"):
+        assert host.file(f"/etc/dovecot/sieve/{name}.svbin").exists, name
 
 
 def test_postfix_chroot_has_resolver_files(host):

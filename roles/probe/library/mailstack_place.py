@@ -30,6 +30,12 @@ options:
     type: list
     elements: dict
     required: true
+  check_together:
+    description:
+      - A command that checks the new files as a set, once, before any of them goes live;
+        its C(%s) argument becomes one C(LIVE=CANDIDATE) argument per new file. If it
+        refuses, nothing is replaced.
+    type: str
 author: mailstack
 """
 
@@ -148,7 +154,10 @@ def same_bytes(path, data):
         return f.read(len(data) + 1) == data
 
 
-def place_file(entry, check_mode, run_command):
+def stage_file(entry, check_mode, run_command):
+    """Bring one file entry as far as going live: False when it is in place, True when only
+    its owner or mode was fixed (or check mode), else the path of its validated candidate,
+    written next to the live file, which the caller renames into place or removes."""
     dest, mode, data = entry["dest"], entry["_mode"], entry["_bytes"]
     uid, gid = ids(entry)
     parent = os.path.dirname(dest)
@@ -181,12 +190,18 @@ def place_file(entry, check_mode, run_command):
             if rc != 0:
                 raise PlaceError(f"{dest}: the new file was refused by `{validate}` (exit {rc}), "
                                  f"nothing replaced: {(err or out).strip()}")
-        os.rename(tmp, dest)
-        tmp = None
-    finally:
-        if tmp is not None:
-            os.unlink(tmp)
-    return True
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return tmp
+
+
+def place_file(entry, check_mode, run_command):
+    staged = stage_file(entry, check_mode, run_command)
+    if isinstance(staged, str):
+        os.rename(staged, entry["dest"])
+        return True
+    return staged
 
 
 def check_entries(entries):
@@ -194,20 +209,57 @@ def check_entries(entries):
         check_entry(entry)
 
 
-def place(entries, check_mode, run_command, changed):
-    """Place the (checked) entries in order, adding each path changed to changed."""
-    for entry in entries:
-        if entry.get("state", "file") == "directory":
-            done = place_directory(entry, check_mode)
-        else:
-            done = place_file(entry, check_mode, run_command)
-        if done:
-            changed.append(entry["dest"])
+def place(entries, check_mode, run_command, changed, together=None):
+    """Place the (checked) entries in order, adding each path changed to changed.
+
+    With together (a command whose `%s` argument stands for LIVE=CANDIDATE pairs), the new
+    files are all staged first and checked by that one command as a set, then go live in
+    order; if it refuses them, none does (for daemons that check a whole configuration
+    slowly, once instead of once per file)."""
+    if not together:
+        for entry in entries:
+            if entry.get("state", "file") == "directory":
+                done = place_directory(entry, check_mode)
+            else:
+                done = place_file(entry, check_mode, run_command)
+            if done:
+                changed.append(entry["dest"])
+        return
+    staged = []
+    try:
+        for entry in entries:
+            if entry.get("state", "file") == "directory":
+                if place_directory(entry, check_mode):
+                    changed.append(entry["dest"])
+                continue
+            done = stage_file(entry, check_mode, run_command)
+            if isinstance(done, str):
+                staged.append((entry["dest"], done))
+            elif done:
+                changed.append(entry["dest"])
+        if staged:
+            pairs = [f"{dest}={tmp}" for dest, tmp in staged]
+            argv = []
+            for arg in shlex.split(together):
+                argv += pairs if arg == "%s" else [arg]
+            rc, out, err = run_command(argv)
+            if rc != 0:
+                raise PlaceError(f"{', '.join(d for d, _ in staged)}: the new files were refused by "
+                                 f"`{together}` (exit {rc}), nothing replaced: {(err or out).strip()}")
+        while staged:
+            dest, tmp = staged[0]
+            os.rename(tmp, dest)
+            staged.pop(0)
+            changed.append(dest)
+    finally:
+        for _, tmp in staged:
+            os.unlink(tmp)
 
 
 def main():
     module = AnsibleModule(
-        argument_spec={"entries": {"type": "list", "elements": "dict", "required": True}},
+        argument_spec={"entries": {"type": "list", "elements": "dict", "required": True},
+                       "check_together": {"type": "str"}},
         supports_check_mode=True,
     )
     entries = module.params["entries"]
@@ -224,7 +276,10 @@ def main():
     # fails the play on `refused` in the next task.
     changed, refused = [], ""
     try:
-        place(entries, module.check_mode, module.run_command, changed)
+        together = module.params["check_together"]
+        if together is not None and "%s" not in shlex.split(together):
+            raise PlaceError("check_together must have a %s argument (the LIVE=CANDIDATE pairs)")
+        place(entries, module.check_mode, module.run_command, changed, together)
     except (PlaceError, OSError) as exc:
         refused = str(exc)
     module.exit_json(changed=bool(changed), changed_paths=changed, refused=refused)

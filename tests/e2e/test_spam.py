@@ -1,0 +1,313 @@
+"""The spam filter on a real host, against real outside senders and real DNS (offline).
+
+A stack-image host and the internet in a box on one test network. The box publishes the
+site's records (`mailstack dns --format json`) and three outside domains: good.test (SPF,
+DKIM and DMARC p=reject, all passing from the box's sender), spoof.test (p=reject, the
+sender is not allowed by its SPF) and junk.test (the same with p=quarantine). The host's
+unbound forwards to the box. Real swaks, real rspamd, Redis, Dovecot Sieve.
+
+Every message is counted: refused ones are refused at SMTP time (the sender knows), the
+others arrive exactly once.
+"""
+
+from __future__ import annotations
+
+import base64
+import email
+import email.utils
+import json
+import re
+import secrets
+import smtplib
+import time
+from pathlib import Path
+
+import dkim
+import pytest
+import testbed
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from testbed.internet import sender_domain, write_file
+
+from mailstack.sandbox import host as sandbox
+
+from .helpers import PASSWORD, imap_login, mailstack, message, tls_context
+
+pytestmark = pytest.mark.testbed
+DOMAIN = "spam.test"
+ALICE = f"alice@{DOMAIN}"
+BOB = f"bob@{DOMAIN}"  # the rate-limit test's user: his bucket is his alone
+HOURLY_LIMIT = 5
+GREYLIST_SECONDS = 10
+GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+SELECTOR = "s1"
+CONTROLLER = "127.0.0.1:11334"
+
+
+class Bed:
+    def __init__(self, name: str, ip: str, internet: testbed.Internet, key_pem: bytes,
+                 site: Path) -> None:
+        self.name, self.ip, self.internet, self.key_pem, self.site = name, ip, internet, key_pem, site
+        self.sender = internet.sender
+
+    def run(self, *cmd: str, check: bool = True):
+        return testbed.exec_in(self.name, list(cmd), check=check)
+
+    def send_outside(self, text: str, *, mail_from: str, to: str = ALICE, helo: str = "mx.good.test"):
+        """swaks from the box's sender on port 25 with this exact message."""
+        path = f"/tmp/msg-{secrets.token_hex(4)}.eml"
+        write_file(self.sender.host.name, path, text)
+        return self.sender.swaks(self.ip, to=to, mail_from=mail_from, helo=helo,
+                                 args=["--data", f"@{path}"])
+
+    def learned(self) -> dict[str, int]:
+        """rspamd's Bayes counters, as it keeps them in Redis: messages learned as spam and
+        as ham (`rspamc stat` shows them only after its periodic refresh)."""
+        out = self.run("redis-cli", "hmget", "RS", "learns_spam", "learns_ham").stdout.splitlines()
+        spam, ham = (int(v) if v.strip() else 0 for v in out)  # a missing counter prints empty
+        return {"spam": spam, "ham": ham}
+
+
+def signed(subject: str, key_pem: bytes, sender: str = "news@good.test") -> str:
+    """A message from good.test, DKIM-signed with the key its DNS publishes."""
+    text = message(subject, ALICE, sender) + "\r\n".join(
+        f"Line {i} of a perfectly ordinary newsletter about gardening." for i in range(8)) + "\r\n"
+    signature = dkim.sign(text.encode(), SELECTOR.encode(), b"good.test", key_pem,
+                          include_headers=[b"from", b"to", b"subject", b"date", b"message-id"])
+    return signature.decode() + text
+
+
+@pytest.fixture(scope="module")
+def bed(tmp_path_factory):
+    tag = secrets.token_hex(3)
+    network = f"mailstack-e2e-spam-{tag}"
+    name = f"mailstack-e2e-spam-{tag}"
+    key = sandbox.ensure_keypair(sandbox.default_state_dir())
+    site = tmp_path_factory.mktemp("spam") / "site"
+    testbed.ensure_network(network)
+    try:
+        host = testbed.start_host(name, testbed.stack_image(), hostname=f"mail.{DOMAIN}",
+                                  network=network, ssh_pubkey=key.with_suffix(".pub").read_text())
+        with testbed.Internet(network, prefix=f"mailstack-inet-spam-{tag}") as internet:
+            assert mailstack(None, "init", str(site), "--domain", DOMAIN, "--hostname",
+                             f"mail.{DOMAIN}", "--host", host.ip, "--ssh-key", str(key)
+                             ).returncode == 0
+            config = site / "mailstack.yml"
+            text = config.read_text()
+            for old, new in (("    greylist_score: 4\n", "    greylist_score: null\n"),
+                             ("    user_hourly_limit: 200\n", f"    user_hourly_limit: {HOURLY_LIMIT}\n")):
+                assert old in text
+                text = text.replace(old, new)
+            config.write_text(text)
+            testbed.set_site_resolver(site, internet.resolver_ip, dnssec=False)
+            for user in (ALICE, BOB):
+                assert mailstack(site, "user", "add", user, "--password-stdin",
+                                 input=PASSWORD + "\n").returncode == 0
+            records = mailstack(site, "dns", "--format", "json")
+            assert records.returncode == 0, records.stderr
+            internet.publish(testbed.site_records(records.stdout.replace("203.0.113.7", host.ip)))
+            private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            key_pem = private.private_bytes(serialization.Encoding.PEM,
+                                            serialization.PrivateFormat.TraditionalOpenSSL,
+                                            serialization.NoEncryption())
+            public = base64.b64encode(private.public_key().public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).decode()
+            sender_ip = internet.sender.host.ip
+            internet.publish(sender_domain("good.test", sender_ip, dkim=(SELECTOR, public)))
+            # Domains whose SPF allows only another address (no PTR: not the box's network).
+            for domain, policy in (("spoof.test", "reject"), ("junk.test", "quarantine")):
+                internet.publish([r for r in sender_domain(domain, "192.0.2.1", host="mail",
+                                                           dmarc=f"v=DMARC1; p={policy}")
+                                  if r.type != "PTR"])
+            deployed = mailstack(site, "deploy")
+            assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+            yield Bed(name, host.ip, internet, key_pem, site)
+    finally:
+        testbed.remove_host(name)
+        testbed.remove_network(network)
+
+
+def fetch(ip: str, user: str, subject: str, folder: str = "INBOX", timeout: float = 30) -> list[bytes]:
+    """Every message with this subject in the folder (waits for at least one)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        imap = imap_login(ip, user)
+        try:
+            imap.select(folder)
+            _, data = imap.search(None, "SUBJECT", f'"{subject}"')
+            found = [imap.fetch(n, "(BODY.PEEK[])")[1][0][1] for n in data[0].split()]
+        finally:
+            imap.logout()
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
+
+
+def submit(user: str, ip: str, subject: str, body: str = "hello") -> tuple[int, str]:
+    """Send as the user on 587 (STARTTLS, AUTH); the server's answer to the message."""
+    with smtplib.SMTP(ip, 587, timeout=30) as smtp:
+        smtp.starttls(context=tls_context())
+        smtp.login(user, PASSWORD)
+        text = message(subject, ALICE, user).replace(f"body of {subject}", body)
+        try:
+            smtp.sendmail(user, [ALICE], text)
+        except smtplib.SMTPDataError as exc:
+            return exc.smtp_code, exc.smtp_error.decode()
+        except smtplib.SMTPRecipientsRefused as exc:
+            code, text = next(iter(exc.recipients.values()))
+            return code, text.decode()
+    return 250, "accepted"
+
+
+def smtp_code(transcript: str) -> int:
+    """The server's answer to the message's data, from swaks's transcript."""
+    answers = re.findall(r"^<[-~*]{1,2} +(\d{3})[ -]", transcript, re.M)
+    return int(answers[-2]) if len(answers) >= 2 else 0  # the last one answers QUIT
+
+
+def test_the_filter_and_its_resolver_run(bed) -> None:
+    for unit in ("rspamd", "redis-server", "unbound"):
+        assert bed.run("systemctl", "is-active", unit).stdout.strip() == "active", unit
+    # The host resolves the box's names through its own unbound.
+    assert bed.run("getent", "hosts", "mx.good.test").stdout.split()[0] == bed.sender.host.ip
+
+
+def test_legitimate_outside_mail_reaches_the_inbox_with_passing_results(bed) -> None:
+    subject = f"newsletter {secrets.token_hex(4)}"
+    sent = bed.send_outside(signed(subject, bed.key_pem), mail_from="news@good.test")
+    assert sent.returncode == 0, sent.stdout[-2000:]
+    (raw,) = fetch(bed.ip, ALICE, subject)
+    results = " ".join(email.message_from_bytes(raw).get_all("Authentication-Results") or [])
+    for check in ("dkim=pass", "spf=pass", "dmarc=pass"):
+        assert check in results, (raw.decode(errors="replace")[:1500]
+                                  + bed.run("tail", "-n", "25", "/var/log/rspamd/rspamd.log").stdout
+                                  + bed.run("cat", "/etc/rspamd/local.d/milter_headers.conf").stdout)
+
+
+def test_a_spoofed_domain_with_p_reject_is_refused(bed) -> None:
+    subject = f"spoof {secrets.token_hex(4)}"
+    sent = bed.send_outside(message(subject, ALICE, "ceo@spoof.test"), mail_from="ceo@spoof.test")
+    assert smtp_code(sent.stdout) // 100 == 5, sent.stdout[-2000:]
+    assert fetch(bed.ip, ALICE, subject, timeout=3) == []
+
+
+def test_a_spoofed_domain_with_p_quarantine_goes_to_junk(bed) -> None:
+    subject = f"quarantined {secrets.token_hex(4)}"
+    sent = bed.send_outside(message(subject, ALICE, "billing@junk.test"), mail_from="billing@junk.test")
+    assert sent.returncode == 0, sent.stdout[-2000:]
+    (raw,) = fetch(bed.ip, ALICE, subject, folder="Junk")
+    assert email.message_from_bytes(raw)["X-Spam"] == "Yes"
+    assert fetch(bed.ip, ALICE, subject, timeout=1) == []
+
+
+def test_gtube_is_refused_from_outside_and_from_our_own_users(bed) -> None:
+    subject = f"gtube {secrets.token_hex(4)}"
+    text = message(subject, ALICE, "news@good.test").replace(f"body of {subject}", GTUBE)
+    sent = bed.send_outside(text, mail_from="news@good.test")
+    assert smtp_code(sent.stdout) // 100 == 5, sent.stdout[-2000:]
+    code, answer = submit(ALICE, bed.ip, subject + " submitted", GTUBE)
+    assert code // 100 == 5, answer
+    assert fetch(bed.ip, ALICE, subject, timeout=3) == []
+
+
+def test_rspamd_down_means_try_again_later_and_nothing_lost(bed) -> None:
+    subject = f"while rspamd was down {secrets.token_hex(4)}"
+    text = signed(subject, bed.key_pem)
+    bed.run("systemctl", "stop", "rspamd")
+    try:
+        refused = bed.send_outside(text, mail_from="news@good.test")
+        assert smtp_code(refused.stdout) // 100 == 4, refused.stdout[-2000:]
+    finally:
+        bed.run("systemctl", "start", "rspamd")
+    deadline = time.monotonic() + 60
+    while (retry := bed.send_outside(text, mail_from="news@good.test")).returncode != 0:
+        assert time.monotonic() < deadline, retry.stdout[-2000:]  # rspamd still starting
+        time.sleep(2)
+    assert len(fetch(bed.ip, ALICE, subject)) == 1
+
+
+def test_mail_flows_without_redis(bed) -> None:
+    subject = f"while redis was down {secrets.token_hex(4)}"
+    bed.run("systemctl", "stop", "redis-server")
+    try:
+        sent = bed.send_outside(signed(subject, bed.key_pem), mail_from="news@good.test")
+        assert sent.returncode == 0, sent.stdout[-2000:]
+        assert len(fetch(bed.ip, ALICE, subject)) == 1
+    finally:
+        bed.run("systemctl", "start", "redis-server")
+
+
+def _words(seed: str) -> str:
+    # Enough distinct words for Bayes to take the message (it skips very short ones).
+    return " ".join(f"{seed}{i} offer{i} winner{i} prize{i}" for i in range(20))
+
+
+def test_moving_mail_into_and_out_of_junk_teaches_rspamd(bed) -> None:
+    n = 3
+    tag = secrets.token_hex(3)
+    imap = imap_login(bed.ip, ALICE)
+    try:
+        for i in range(n):
+            text = message(f"learn {tag} {i}", ALICE, "someone@good.test").replace(
+                f"body of learn {tag} {i}", _words(f"{tag}x{i}"))
+            imap.append("INBOX", None, None, text.encode())
+        imap.select("INBOX")
+        _, data = imap.uid("SEARCH", None, "SUBJECT", f'"learn {tag}"')
+        uids = data[0].decode().replace(" ", ",")
+        before = bed.learned()
+        assert imap.uid("MOVE", uids, "Junk")[0] == "OK"
+        after_junk = bed.learned()
+        assert after_junk["spam"] - before["spam"] == n, (before, after_junk)
+
+        imap.select("Junk")
+        _, data = imap.uid("SEARCH", None, "SUBJECT", f'"learn {tag}"')
+        first, *rest = data[0].decode().split()
+        assert imap.uid("MOVE", ",".join(rest), "INBOX")[0] == "OK"
+        after_ham = bed.learned()
+        assert after_ham["ham"] - after_junk["ham"] == len(rest), (after_junk, after_ham)
+        # Deleting spam (Junk -> Trash) teaches nothing.
+        assert imap.uid("MOVE", first, "Trash")[0] == "OK"
+        assert bed.learned() == after_ham
+    finally:
+        imap.logout()
+
+
+def test_a_user_past_the_hourly_limit_is_told_to_wait(bed) -> None:
+    answers = [submit(BOB, bed.ip, f"limit {i} {secrets.token_hex(3)}")[0]
+               for i in range(HOURLY_LIMIT + 1)]
+    assert answers[:HOURLY_LIMIT] == [250] * HOURLY_LIMIT, answers
+    assert answers[HOURLY_LIMIT] // 100 == 4, answers
+    # Alice's bucket is her own.
+    assert submit(ALICE, bed.ip, f"alice is fine {secrets.token_hex(3)}")[0] == 250
+
+
+def test_verify_style_probe_scans_from_the_host(bed) -> None:
+    out = bed.run("sh", "-c", f"printf 'Subject: probe\\n\\n%s\\n' '{GTUBE}' | rspamc -h {CONTROLLER}").stdout
+    assert "Action: reject" in out, out
+    stats = json.loads(bed.run("rspamc", "-h", CONTROLLER, "-j", "stat").stdout)
+    assert stats.get("scanned", 0) > 0, stats
+
+
+def test_greylisting_defers_the_first_attempt_and_takes_the_retry(bed) -> None:
+    """Last: it redeploys with every outside message greylisted (greylist_score far below
+    any real score) and a test-sized delay."""
+    config = bed.site / "mailstack.yml"
+    text = config.read_text()
+    for old, new in (("    greylist_score: null\n", "    greylist_score: -100\n"),
+                     ("    greylist_delay: 5m\n", f"    greylist_delay: {GREYLIST_SECONDS}s\n")):
+        assert old in text
+        text = text.replace(old, new)
+    config.write_text(text)
+    deployed = mailstack(bed.site, "deploy")
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+
+    subject = f"greylisted {secrets.token_hex(4)}"
+    text = signed(subject, bed.key_pem)
+    first = bed.send_outside(text, mail_from="news@good.test")
+    assert smtp_code(first.stdout) // 100 == 4, first.stdout[-2000:]
+    early = bed.send_outside(text, mail_from="news@good.test")
+    assert smtp_code(early.stdout) // 100 == 4, "a retry before the delay is deferred too"
+    time.sleep(GREYLIST_SECONDS + 2)
+    retry = bed.send_outside(text, mail_from="news@good.test")
+    assert retry.returncode == 0, retry.stdout[-2000:]
+    assert len(fetch(bed.ip, ALICE, subject)) == 1
