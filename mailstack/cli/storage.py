@@ -50,3 +50,24 @@ def status(ctx: typer.Context) -> None:
         services = ", ".join(f"{k} {v}" for k, v in r.data["services"].items())
         typer.echo(f"{r.host}: storage {store['encryption']} {lock}; queue {r.data['queue']}; "
                    f"{services}")
+        for line in checks_lines(r.data):
+            typer.echo(f"  {line}")
+
+
+def checks_lines(data: dict) -> list[str]:
+    """The ban jails, the spam filter and the resolver, as `status` shows them."""
+    lines = []
+    jails = data.get("jails")
+    if "jails" not in data:
+        pass  # a host tool from before this check: nothing invented
+    elif jails is None:
+        lines.append("bans: fail2ban not running (off in mailstack.yml, or a container "
+                     "without CAP_NET_ADMIN)")
+    else:
+        lines.append("bans: " + (", ".join(f"{name} {n} banned" for name, n in jails.items())
+                                 or "no jails"))
+    for key, label in (("spam_filter", "spam filter"), ("resolver", "resolver")):
+        if key in data:
+            lines.append(f"{label}: " + ("answers" if data[key] == "ok" else
+                                         f"NOT answering ({data[key]})"))
+    return lines

@@ -10,7 +10,8 @@ storage role). Run by `mailstack unlock` / `mailstack status` over SSH, and by t
   mailstack-storage unlock           mount it (passphrase on stdin), start Dovecot,
                                      flush the Postfix queue, report what was delivered
   mailstack-storage lock             stop Dovecot and unmount
-  mailstack-storage status           JSON: store, services, queue size
+  mailstack-storage status           JSON: store, services, queue size, the ban jails, whether
+                                     the spam filter and the resolver answer
 
 The passphrase is only ever read from standard input: never an argument, a file or a log.
 Exit codes: 0 ok, 1 error, 3 wrong passphrase, 4 store not initialized.
@@ -223,10 +224,38 @@ def cmd_lock(c):
     print(json.dumps({"ok": True, "locked": True}))
 
 
+def jails():
+    """Each fail2ban jail and how many addresses it bans now; None when fail2ban is off."""
+    if run(["systemctl", "is-active", "--quiet", "fail2ban"]).returncode != 0:
+        return None
+    listed = run(["fail2ban-client", "status"]).stdout
+    names = next((line.split(":", 1)[1] for line in listed.splitlines() if "Jail list:" in line), "")
+    found = {}
+    for name in (n.strip() for n in names.split(",") if n.strip()):
+        detail = run(["fail2ban-client", "status", name]).stdout
+        banned = [line.split(":", 1)[1].strip() for line in detail.splitlines()
+                  if "Currently banned:" in line]
+        found[name] = int(banned[0]) if banned and banned[0].isdigit() else None
+    return found
+
+
+def answers(cmd):
+    """'ok', or the command's last words (why it did not answer)."""
+    proc = run(cmd, timeout=15)
+    words = (proc.stderr or proc.stdout).strip().splitlines()
+    return "ok" if proc.returncode == 0 else (words[-1] if words else f"exit {proc.returncode}")
+
+
 def cmd_status(c):
     services = {s: run(["systemctl", "is-active", s]).stdout.strip() for s in c["services"]}
+    checks = {"jails": jails()}
+    if c.get("spam_controller"):
+        checks["spam_filter"] = answers(["rspamc", "-h", c["spam_controller"], "stat"])
+    if c.get("hostname"):
+        # Through the host's own resolver: the DNS blocklists and SPF depend on it.
+        checks["resolver"] = answers(["getent", "ahosts", c["hostname"]])
     print(json.dumps({"ok": True, "storage": state(c), "services": services,
-                      "queue": queue_size()}))
+                      "queue": queue_size(), **checks}))
 
 
 def main():

@@ -7,14 +7,21 @@ import email
 import email.utils
 import imaplib
 import os
+import secrets
 import smtplib
 import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import testbed
+
+from mailstack.sandbox import host as sandbox
 
 PASSWORD = "correct horse battery staple"
 
@@ -88,3 +95,58 @@ def assert_each_once(inbox: list[str], subjects: list[str]) -> None:
     """Every subject exactly once: none lost, none delivered twice."""
     counts = {s: inbox.count(s) for s in subjects}
     assert all(n == 1 for n in counts.values()), {s: n for s, n in counts.items() if n != 1}
+
+
+def edit_config(site: Path, *replacements: tuple[str, str]) -> None:
+    """Change mailstack.yml as a user would, each (old, new) text exactly once."""
+    config = site / "mailstack.yml"
+    text = config.read_text()
+    for old, new in replacements:
+        assert old in text, f"mailstack.yml has no {old!r}"
+        text = text.replace(old, new, 1)
+    config.write_text(text)
+
+
+@dataclass
+class BoxedHost:
+    """A deployed mail host on a test network with the internet in a box beside it."""
+
+    name: str
+    ip: str
+    internet: testbed.Internet
+    site: Path
+
+
+@contextmanager
+def host_in_a_box(what: str, site: Path, domain: str, users: Sequence[str], *,
+                  edits: Sequence[tuple[str, str]] = (), cap_add: tuple[str, ...] = (),
+                  before_deploy: Callable[[BoxedHost], None] = lambda bed: None,
+                  ) -> Iterator[BoxedHost]:
+    """A stack-image host (mail.DOMAIN) and the box on their own network; the site is made
+    with `mailstack init`, changed by `edits`, resolves through the box, has the users and
+    is deployed. Everything is removed afterwards, also on failure."""
+    tag = secrets.token_hex(3)
+    network = name = f"mailstack-e2e-{what}-{tag}"
+    key = sandbox.ensure_keypair(sandbox.default_state_dir())
+    testbed.ensure_network(network)
+    try:
+        host = testbed.start_host(name, testbed.stack_image(), hostname=f"mail.{domain}",
+                                  network=network, cap_add=cap_add,
+                                  ssh_pubkey=key.with_suffix(".pub").read_text())
+        with testbed.Internet(network, prefix=f"mailstack-inet-{what}-{tag}") as internet:
+            init = mailstack(None, "init", str(site), "--domain", domain, "--hostname",
+                             f"mail.{domain}", "--host", host.ip, "--ssh-key", str(key))
+            assert init.returncode == 0, init.stderr
+            edit_config(site, *edits)
+            testbed.set_site_resolver(site, internet.resolver_ip, dnssec=False)
+            for user in users:
+                assert mailstack(site, "user", "add", user, "--password-stdin",
+                                 input=PASSWORD + "\n").returncode == 0
+            bed = BoxedHost(name, host.ip, internet, site)
+            before_deploy(bed)
+            deployed = mailstack(site, "deploy")
+            assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+            yield bed
+    finally:
+        testbed.remove_host(name)
+        testbed.remove_network(network)

@@ -9,16 +9,13 @@ after the (test-shortened) ban time. Real swaks, real Python imaplib, real fail2
 
 from __future__ import annotations
 
-import secrets
 import smtplib
 import time
 
 import pytest
 import testbed
 
-from mailstack.sandbox import host as sandbox
-
-from .helpers import PASSWORD, imap_login, mailstack, tls_context
+from .helpers import PASSWORD, host_in_a_box, imap_login, tls_context
 
 pytestmark = pytest.mark.testbed
 DOMAIN = "bans.test"
@@ -30,36 +27,11 @@ BAN_SECONDS = 45
 @pytest.fixture(scope="module")
 def bed(tmp_path_factory):
     """(mail host, its IP, the outside sender) with a deployed site."""
-    tag = secrets.token_hex(3)
-    network = f"mailstack-e2e-bans-{tag}"
-    name = f"mailstack-e2e-bans-{tag}"
-    key = sandbox.ensure_keypair(sandbox.default_state_dir())
-    site = tmp_path_factory.mktemp("bans") / "site"
-    testbed.ensure_network(network)
-    try:
-        host = testbed.start_host(name, testbed.stack_image(), hostname=f"mail.{DOMAIN}",
-                                  network=network, cap_add=("NET_ADMIN",),
-                                  ssh_pubkey=key.with_suffix(".pub").read_text())
-        with testbed.Internet(network, prefix=f"mailstack-inet-bans-{tag}") as internet:
-            assert mailstack(None, "init", str(site), "--domain", DOMAIN, "--hostname",
-                             f"mail.{DOMAIN}", "--host", host.ip, "--ssh-key", str(key)
-                             ).returncode == 0
-            config = site / "mailstack.yml"
-            text = config.read_text()
-            for old, new in ((" max_failures: 5", f" max_failures: {MAX_FAILURES}"),
-                             (" ban_time: 1h", f" ban_time: {BAN_SECONDS}s")):
-                assert old in text
-                text = text.replace(old, new)
-            config.write_text(text)
-            testbed.set_site_resolver(site, internet.resolver_ip, dnssec=False)
-            assert mailstack(site, "user", "add", ALICE, "--password-stdin",
-                             input=PASSWORD + "\n").returncode == 0
-            deployed = mailstack(site, "deploy")
-            assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-            yield name, host.ip, internet.sender
-    finally:
-        testbed.remove_host(name)
-        testbed.remove_network(network)
+    edits = ((" max_failures: 5", f" max_failures: {MAX_FAILURES}"),
+             (" ban_time: 1h", f" ban_time: {BAN_SECONDS}s"))
+    with host_in_a_box("bans", tmp_path_factory.mktemp("bans") / "site", DOMAIN, [ALICE],
+                       edits=edits, cap_add=("NET_ADMIN",)) as host:
+        yield host.name, host.ip, host.internet.sender
 
 
 def banned(name: str, jail: str | None = None) -> str:

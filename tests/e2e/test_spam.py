@@ -20,7 +20,8 @@ import re
 import secrets
 import smtplib
 import time
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import dkim
 import pytest
@@ -29,9 +30,18 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from testbed.internet import sender_domain, write_file
 
-from mailstack.sandbox import host as sandbox
+from mailstack.verify.probes import GTUBE
 
-from .helpers import PASSWORD, imap_login, mailstack, message, tls_context
+from .helpers import (
+    PASSWORD,
+    BoxedHost,
+    edit_config,
+    host_in_a_box,
+    imap_login,
+    mailstack,
+    message,
+    tls_context,
+)
 
 pytestmark = pytest.mark.testbed
 DOMAIN = "spam.test"
@@ -39,16 +49,19 @@ ALICE = f"alice@{DOMAIN}"
 BOB = f"bob@{DOMAIN}"  # the rate-limit test's user: his bucket is his alone
 HOURLY_LIMIT = 5
 GREYLIST_SECONDS = 10
-GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 SELECTOR = "s1"
 CONTROLLER = "127.0.0.1:11334"
 
 
-class Bed:
-    def __init__(self, name: str, ip: str, internet: testbed.Internet, key_pem: bytes,
-                 site: Path) -> None:
-        self.name, self.ip, self.internet, self.key_pem, self.site = name, ip, internet, key_pem, site
-        self.sender = internet.sender
+@dataclass
+class Bed(BoxedHost):
+    """The deployed host, the box, and the DKIM key good.test publishes."""
+
+    key_pem: bytes = b""
+
+    @property
+    def sender(self):
+        return self.internet.sender
 
     def run(self, *cmd: str, check: bool = True):
         return testbed.exec_in(self.name, list(cmd), check=check)
@@ -77,54 +90,36 @@ def signed(subject: str, key_pem: bytes, sender: str = "news@good.test") -> str:
     return signature.decode() + text
 
 
-@pytest.fixture(scope="module")
-def bed(tmp_path_factory):
-    tag = secrets.token_hex(3)
-    network = f"mailstack-e2e-spam-{tag}"
-    name = f"mailstack-e2e-spam-{tag}"
-    key = sandbox.ensure_keypair(sandbox.default_state_dir())
-    site = tmp_path_factory.mktemp("spam") / "site"
-    testbed.ensure_network(network)
-    try:
-        host = testbed.start_host(name, testbed.stack_image(), hostname=f"mail.{DOMAIN}",
-                                  network=network, ssh_pubkey=key.with_suffix(".pub").read_text())
-        with testbed.Internet(network, prefix=f"mailstack-inet-spam-{tag}") as internet:
-            assert mailstack(None, "init", str(site), "--domain", DOMAIN, "--hostname",
-                             f"mail.{DOMAIN}", "--host", host.ip, "--ssh-key", str(key)
-                             ).returncode == 0
-            config = site / "mailstack.yml"
-            text = config.read_text()
-            for old, new in (("    greylist_score: 4\n", "    greylist_score: null\n"),
-                             ("    user_hourly_limit: 200\n", f"    user_hourly_limit: {HOURLY_LIMIT}\n")):
-                assert old in text
-                text = text.replace(old, new)
-            config.write_text(text)
-            testbed.set_site_resolver(site, internet.resolver_ip, dnssec=False)
-            for user in (ALICE, BOB):
-                assert mailstack(site, "user", "add", user, "--password-stdin",
-                                 input=PASSWORD + "\n").returncode == 0
-            records = mailstack(site, "dns", "--format", "json")
-            assert records.returncode == 0, records.stderr
-            internet.publish(testbed.site_records(records.stdout.replace("203.0.113.7", host.ip)))
-            private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-            key_pem = private.private_bytes(serialization.Encoding.PEM,
-                                            serialization.PrivateFormat.TraditionalOpenSSL,
-                                            serialization.NoEncryption())
-            public = base64.b64encode(private.public_key().public_bytes(
-                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).decode()
-            sender_ip = internet.sender.host.ip
-            internet.publish(sender_domain("good.test", sender_ip, dkim=(SELECTOR, public)))
-            # Domains whose SPF allows only another address (no PTR: not the box's network).
-            for domain, policy in (("spoof.test", "reject"), ("junk.test", "quarantine")):
-                internet.publish([r for r in sender_domain(domain, "192.0.2.1", host="mail",
+def outside_domains(key_pem: bytes) -> Callable[[BoxedHost], None]:
+    """Publish the site's records and the outside domains in the box (before the deploy)."""
+    private = serialization.load_pem_private_key(key_pem, password=None)
+    public = base64.b64encode(private.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).decode()
+
+    def publish(bed: BoxedHost) -> None:
+        records = mailstack(bed.site, "dns", "--format", "json")
+        assert records.returncode == 0, records.stderr
+        bed.internet.publish(testbed.site_records(records.stdout.replace("203.0.113.7", bed.ip)))
+        bed.internet.publish(sender_domain("good.test", bed.internet.sender.host.ip,
+                                           dkim=(SELECTOR, public)))
+        # Domains whose SPF allows only another address (no PTR: not the box's network).
+        for domain, policy in (("spoof.test", "reject"), ("junk.test", "quarantine")):
+            bed.internet.publish([r for r in sender_domain(domain, "192.0.2.1", host="mail",
                                                            dmarc=f"v=DMARC1; p={policy}")
                                   if r.type != "PTR"])
-            deployed = mailstack(site, "deploy")
-            assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-            yield Bed(name, host.ip, internet, key_pem, site)
-    finally:
-        testbed.remove_host(name)
-        testbed.remove_network(network)
+    return publish
+
+
+@pytest.fixture(scope="module")
+def bed(tmp_path_factory):
+    key_pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption())
+    edits = (("    greylist_score: 4\n", "    greylist_score: null\n"),
+             ("    user_hourly_limit: 200\n", f"    user_hourly_limit: {HOURLY_LIMIT}\n"))
+    with host_in_a_box("spam", tmp_path_factory.mktemp("spam") / "site", DOMAIN, [ALICE, BOB],
+                       edits=edits, before_deploy=outside_domains(key_pem)) as host:
+        yield Bed(host.name, host.ip, host.internet, host.site, key_pem)
 
 
 def fetch(ip: str, user: str, subject: str, folder: str = "INBOX", timeout: float = 30) -> list[bytes]:
@@ -170,6 +165,15 @@ def test_the_filter_and_its_resolver_run(bed) -> None:
         assert bed.run("systemctl", "is-active", unit).stdout.strip() == "active", unit
     # The host resolves the box's names through its own unbound.
     assert bed.run("getent", "hosts", "mx.good.test").stdout.split()[0] == bed.sender.host.ip
+
+
+def test_status_shows_the_filter_and_the_resolver_answering(bed) -> None:
+    status = mailstack(bed.site, "status")
+    assert status.returncode == 0, status.stderr
+    for expected in ("rspamd active", "redis-server active", "unbound active",
+                     "spam filter: answers", "resolver: answers",
+                     "bans: fail2ban not running"):  # this host has no CAP_NET_ADMIN
+        assert expected in status.stdout, status.stdout
 
 
 def test_legitimate_outside_mail_reaches_the_inbox_with_passing_results(bed) -> None:
@@ -291,13 +295,8 @@ def test_verify_style_probe_scans_from_the_host(bed) -> None:
 def test_greylisting_defers_the_first_attempt_and_takes_the_retry(bed) -> None:
     """Last: it redeploys with every outside message greylisted (greylist_score far below
     any real score) and a test-sized delay."""
-    config = bed.site / "mailstack.yml"
-    text = config.read_text()
-    for old, new in (("    greylist_score: null\n", "    greylist_score: -100\n"),
-                     ("    greylist_delay: 5m\n", f"    greylist_delay: {GREYLIST_SECONDS}s\n")):
-        assert old in text
-        text = text.replace(old, new)
-    config.write_text(text)
+    edit_config(bed.site, ("    greylist_score: null\n", "    greylist_score: -100\n"),
+                ("    greylist_delay: 5m\n", f"    greylist_delay: {GREYLIST_SECONDS}s\n"))
     deployed = mailstack(bed.site, "deploy")
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
 

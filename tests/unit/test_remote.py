@@ -278,6 +278,21 @@ def test_status():
     assert str(err.value) == f"{NAME}: status failed: no conf"
 
 
+def test_status_shows_the_jails_the_filter_and_the_resolver():
+    from mailstack.cli.storage import checks_lines
+
+    assert checks_lines({"jails": {"postfix-sasl": 2, "dovecot": 0}, "spam_filter": "ok",
+                         "resolver": "ok"}) == [
+        "bans: postfix-sasl 2 banned, dovecot 0 banned", "spam filter: answers",
+        "resolver: answers"]
+    lines = checks_lines({"jails": None, "spam_filter": "connection refused",
+                          "resolver": "exit 2"})
+    assert lines[0].startswith("bans: fail2ban not running")
+    assert lines[1:] == ["spam filter: NOT answering (connection refused)",
+                         "resolver: NOT answering (exit 2)"]
+    assert checks_lines({}) == []  # an older host tool: nothing invented
+
+
 def test_each_site_has_its_own_private_ssh_connection_directory(tmp_path):
     """Ansible's shared default is keyed only by address: a re-created host with a reused
     address must not ride another site's connection."""
