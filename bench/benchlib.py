@@ -28,6 +28,6 @@ def new_site(site: Path, host_ip: str, key: Path, user: str, network: str | None
     domain = user.partition("@")[2]
     mailstack(None, "init", str(site), "--domain", domain, "--hostname", f"mail.{domain}",
               "--host", host_ip, "--ssh-key", str(key))
-    testbed.set_site_resolver(site, testbed.offline_resolver(network))
+    testbed.offline_site(site, network)
     mailstack(site, "user", "add", user, "--password-stdin", input=PASSWORD + "\n")
     return site

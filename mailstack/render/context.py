@@ -87,6 +87,7 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
     bans = cfg.options.bans
     spam = cfg.options.spam
     resolver = cfg.options.resolver
+    blocklists = cfg.options.blocklists
     relay = None
     if cfg.options.relay:
         password = site_secrets.get("relay_password")
@@ -134,6 +135,13 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
             "ports": sorted(MAIL_PORTS.values()),
             "postfix_unit": f"{POSTFIX_INSTANCE_UNIT}.service",
             "recidive": dict(RECIDIVE),
+        },
+        # postscreen on port 25: Postfix's zone=answers*weight form for each list.
+        "blocklists": {
+            "sites": [f"{dl.zone}{'=' + dl.answers if dl.answers else ''}*{dl.weight}"
+                      for dl in blocklists.lists],
+            "threshold": blocklists.threshold,
+            "allow": list(blocklists.allow),
         },
         "resolver": {
             "address": RESOLVER_ADDRESS,

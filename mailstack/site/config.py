@@ -35,6 +35,9 @@ _DURATION = re.compile(r"\d{1,6}[smhdw]")
 _NETWORK = re.compile(r"[0-9A-Fa-f:.]{2,45}(/[0-9]{1,3})?")
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 _RELAY_USER = re.compile(r"[^\s:\x00-\x1f\x7f]{1,255}")
+# A DNSBL answer filter, Postfix's syntax: 127.0.0.2, 127.0.0.[2..11], 127.0.[0..255].[1;2;3]
+_OCTET_SET = r"(?:\d{1,3}|\[\d{1,3}\.\.\d{1,3}\]|\[\d{1,3}(?:;\d{1,3})*\])"
+_DNSBL_CODES = re.compile(rf"{_OCTET_SET}(?:\.{_OCTET_SET}){{3}}")
 _RELAY_HOST = re.compile(r"(\[[A-Za-z0-9.-]+\]|[A-Za-z0-9.-]+)(?::(\d{1,5}))?")
 # Dovecot reads quotas as signed 64-bit numbers (the column, BIGINT UNSIGNED, holds more).
 MAX_QUOTA = 2**63 - 1
@@ -191,6 +194,40 @@ class Bans(_Strict):
     ignore: list[Annotated[str, BeforeValidator(_network)]] = []
 
 
+def _dnsbl_codes(value: Any) -> str:
+    if not isinstance(value, str) or not _DNSBL_CODES.fullmatch(value):
+        raise ValueError("must be an answer like 127.0.0.2, 127.0.0.[2..11] or 127.0.0.[2;3]")
+    return value
+
+
+class DnsList(_Strict):
+    """One DNS blocklist (positive weight) or allowlist (negative) postscreen asks."""
+
+    zone: Domain
+    weight: Annotated[int, Field(ge=-100, le=100)]
+    # Only these answers count (a list's error codes, e.g. Spamhaus's 127.255.255.x for
+    # queries through a public resolver, must not block anybody).
+    answers: Annotated[str, BeforeValidator(_dnsbl_codes)] | None = None
+
+
+DEFAULT_DNS_LISTS = [
+    # Spamhaus ZEN: SBL, XBL, PBL (free for small servers); only its listing codes.
+    DnsList(zone="zen.spamhaus.org", weight=3, answers="127.0.0.[2..11]"),
+    DnsList(zone="bl.spamcop.net", weight=2, answers="127.0.0.2"),
+    # DNSWL: known good senders weigh against the lists (its 127.0.x.255 is an error code).
+    DnsList(zone="list.dnswl.org", weight=-2, answers="127.0.[0..255].[0..3]"),
+]
+
+
+class Blocklists(_Strict):
+    """postscreen in front of port 25: a client whose lists add up to threshold is refused
+    (550) before it talks to the real SMTP server; allow lists addresses never checked."""
+
+    threshold: Annotated[int, Field(ge=1, le=100)] = 3
+    lists: list[DnsList] = DEFAULT_DNS_LISTS
+    allow: list[Annotated[str, BeforeValidator(_network)]] = []
+
+
 class Resolver(_Strict):
     """The host's own DNS resolver (unbound on 127.0.0.1), which Postfix and rspamd use.
 
@@ -239,6 +276,7 @@ class Options(_Strict):
     storage: Storage = Storage()
     bans: Bans = Bans()
     spam: Spam = Spam()
+    blocklists: Blocklists = Blocklists()
     resolver: Resolver = Resolver()
 
 

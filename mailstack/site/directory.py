@@ -240,6 +240,14 @@ options:
     greylist_delay: 5m
     user_hourly_limit: 200
 
+  # postscreen on port 25: a client whose DNS lists add up to threshold is refused before
+  # it reaches the SMTP server (a negative weight is an allowlist); allow: addresses or
+  # networks never checked. Each list: {{zone, weight, answers}} (answers: which replies
+  # count, e.g. 127.0.0.[2..11]). The default lists are Spamhaus ZEN, SpamCop and DNSWL.
+  blocklists:
+    threshold: 3
+    allow: []
+
   # The host's own DNS resolver (unbound): it resolves from the root servers and validates
   # DNSSEC, as DNS blocklists require (they refuse the big public resolvers). forward_to
   # sends every query to these resolvers instead, e.g. [192.0.2.53]; dnssec: false only for

@@ -42,7 +42,7 @@ def test_a_deploy_over_port_2222_keeps_that_port_open(host, tmp_path):
     site = tmp_path / "site"
     assert mailstack(None, "init", str(site), "--domain", "fw.test", "--hostname", "mail.fw.test",
                      "--host", ip, "--ssh-port", str(PORT), "--ssh-key", str(key)).returncode == 0
-    testbed.set_site_resolver(site, testbed.offline_resolver())
+    testbed.offline_site(site)
     assert mailstack(site, "user", "add", "alice@fw.test", "--password-stdin",
                      input=PASSWORD + "\n").returncode == 0
     first = mailstack(site, "deploy")

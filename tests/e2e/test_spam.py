@@ -116,7 +116,9 @@ def bed(tmp_path_factory):
         serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
         serialization.NoEncryption())
     edits = (("    greylist_score: 4\n", "    greylist_score: null\n"),
-             ("    user_hourly_limit: 200\n", f"    user_hourly_limit: {HOURLY_LIMIT}\n"))
+             ("    user_hourly_limit: 200\n", f"    user_hourly_limit: {HOURLY_LIMIT}\n"),
+             ("    threshold: 3\n", "    threshold: 3\n    lists: [{zone: bl.test, weight: 3, "
+                                  "answers: 127.0.0.2}]\n"))
     with host_in_a_box("spam", tmp_path_factory.mktemp("spam") / "site", DOMAIN, [ALICE, BOB],
                        edits=edits, before_deploy=outside_domains(key_pem)) as host:
         yield Bed(host.name, host.ip, host.internet, host.site, key_pem)
@@ -174,6 +176,54 @@ def test_status_shows_the_filter_and_the_resolver_answering(bed) -> None:
                      "spam filter: answers", "resolver: answers",
                      "bans: fail2ban not running"):  # this host has no CAP_NET_ADMIN
         assert expected in status.stdout, status.stdout
+
+
+# The first tests that connect from the outside sender: postscreen remembers a client that
+# passed its tests and lets it straight through afterwards.
+
+PREGREET = r"""
+import socket, sys
+s = socket.create_connection((sys.argv[1], 25), timeout=20)
+s.sendall(b"EHLO mx.good.test\r\n")  # before the server's greeting: what bots do
+f = s.makefile("rb")
+def answer():
+    while True:
+        line = f.readline().decode()
+        if line[3:4] != "-":
+            return line
+answer()  # the greeting (what was sent before it is not answered)
+for command in ("EHLO mx.good.test", "MAIL FROM:<news@good.test>", "RCPT TO:<" + sys.argv[2] + ">"):
+    s.sendall(command.encode() + b"\r\n")
+    reply = answer()
+print(reply.strip())
+"""
+
+
+def test_a_client_that_talks_first_is_refused(bed) -> None:
+    out = testbed.exec_in(bed.sender.host.name, ["python3", "-c", PREGREET, bed.ip, ALICE]).stdout
+    assert out.startswith("550"), out
+
+
+def unbound_forgets(bed: Bed, zone: str) -> None:
+    bed.run("unbound-control", "flush_zone", zone)
+    bed.run("unbound-control", "flush_negative")
+
+
+def test_a_blocklisted_client_is_refused_and_a_clean_one_passes(bed) -> None:
+    subject = f"listed {secrets.token_hex(4)}"
+    bed.internet.block(bed.sender.host.ip)
+    try:
+        unbound_forgets(bed, "bl.test")
+        sent = bed.send_outside(signed(subject, bed.key_pem), mail_from="news@good.test")
+        assert smtp_code(sent.stdout) == 550, sent.stdout[-2000:]
+        assert "blocked using bl.test" in sent.stdout, sent.stdout[-2000:]
+    finally:
+        bed.internet.unblock(bed.sender.host.ip)
+        unbound_forgets(bed, "bl.test")
+    assert fetch(bed.ip, ALICE, subject, timeout=2) == []
+    sent = bed.send_outside(signed(subject, bed.key_pem), mail_from="news@good.test")
+    assert sent.returncode == 0, sent.stdout[-2000:]
+    assert len(fetch(bed.ip, ALICE, subject)) == 1
 
 
 def test_legitimate_outside_mail_reaches_the_inbox_with_passing_results(bed) -> None:

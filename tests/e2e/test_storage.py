@@ -136,7 +136,7 @@ def _switched_host(method: str, name: str, site: Path, key: Path) -> tuple[Host,
     init = mailstack(None, "init", str(site), "--domain", DOMAIN, "--hostname", HOSTNAME,
                      "--host", booted.ip, "--ssh-key", str(key))
     assert init.returncode == 0, init.stderr
-    testbed.set_site_resolver(site, testbed.offline_resolver())
+    testbed.offline_site(site)
     host = Host(method, name, booted.ip, site, key)
     added = host.cli("user", "add", ALICE, "--password-stdin", input=PASSWORD + "\n")
     assert added.returncode == 0, added.stderr

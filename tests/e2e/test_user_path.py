@@ -42,7 +42,7 @@ def site(tmp_path_factory):
     try:
         up = mailstack(None, "sandbox", "up", str(root))
         assert up.returncode == 0, up.stdout + up.stderr
-        testbed.set_site_resolver(root, testbed.offline_resolver(sandbox.NETWORK))
+        testbed.offline_site(root, sandbox.NETWORK)
         yield root
     finally:
         mailstack(None, "sandbox", "down")

@@ -62,6 +62,7 @@ __all__ = [
     "internet_image",
     "network_subnet",
     "offline_resolver",
+    "offline_site",
     "remove_host",
     "remove_network",
     "restart_host",
@@ -252,6 +253,17 @@ def set_site_resolver(site: Path, ip: str, *, dnssec: bool = True) -> None:
     assert "    forward_to: []\n    dnssec: true\n" in text, "mailstack.yml has no default resolver block"
     config.write_text(text.replace("    forward_to: []\n    dnssec: true\n",
                                    f"    forward_to: [{ip}]\n    dnssec: {str(dnssec).lower()}\n"))
+
+
+def offline_site(site: Path, network: str | None = None) -> None:
+    """A site for a host without the internet in a box (on `network`): it resolves through
+    offline_resolver(), and greylisting is off. Its test clients are not MTAs that retry,
+    and with no DNS every outside message scores what a sender without a name scores."""
+    set_site_resolver(site, offline_resolver(network))
+    config = site / "mailstack.yml"
+    text = config.read_text()
+    assert "    greylist_score: 4\n" in text, "mailstack.yml has no default greylist_score"
+    config.write_text(text.replace("    greylist_score: 4\n", "    greylist_score: null\n"))
 
 
 def restart_host(name: str, *, network: str | None = None) -> Host:

@@ -16,7 +16,7 @@ from conftest import PASSWORD
 from mailstack.errors import ConfigError
 from mailstack.host import storage_tool
 from mailstack.render.renderer import STORAGE_TOOL_FILE, render_host, write_tree
-from mailstack.site.config import SiteConfig
+from mailstack.site.config import Blocklists, DnsList, SiteConfig
 from mailstack.site.inventory import InventoryHost
 from mailstack.site.secrets import Secrets
 
@@ -156,3 +156,19 @@ def test_the_firewall_opens_the_port_the_host_is_reached_on():
     facts = yaml.safe_load(files["mailstack_vars.yml"])
     assert facts["mailstack_ssh_port"] == 2222
     assert facts["mailstack_firewall_tcp_ports"] == [25, 465, 587, 993, 2222, 4190]
+
+
+def test_postscreen_gets_the_lists_and_the_allowlist():
+    cfg = CONFIG.model_copy(update={"options": CONFIG.options.model_copy(update={
+        "blocklists": Blocklists(threshold=4, lists=[DnsList(zone="bl.example.net", weight=4),
+                                                     DnsList(zone="wl.example.net", weight=-2,
+                                                             answers="127.0.[0..255].1")],
+                                 allow=["192.0.2.7/24"])})})
+    files = {str(f.path): f.content for f in render_host(cfg, fake_secrets(), HOST)}
+    main_cf = files["etc/postfix/main.cf"]
+    assert ("postscreen_dnsbl_sites =\n    bl.example.net*4,\n"
+            "    wl.example.net=127.0.[0..255].1*-2\n") in main_cf
+    assert "postscreen_dnsbl_threshold = 4\n" in main_cf
+    assert "192.0.2.0/24\tpermit\n" in files["etc/postfix/postscreen_access.cidr"]
+    master_cf = files["etc/postfix/master.cf"]
+    assert "smtp      inet  n       -       y       -       1       postscreen" in master_cf
