@@ -22,12 +22,11 @@ def mailstack(site: Path | None, *args: str, input: str | None = None) -> float:
     return time.monotonic() - started
 
 
-def new_site(site: Path, host_ip: str, key: Path, user: str, network: str | None = None) -> Path:
-    """`mailstack init` a site for a fresh host of the user's domain (on `network`), with that
-    one user."""
+def new_site(site: Path, host_ip: str, key: Path, user: str) -> Path:
+    """`mailstack init` a site for a fresh host of the user's domain, with that one user."""
     domain = user.partition("@")[2]
     mailstack(None, "init", str(site), "--domain", domain, "--hostname", f"mail.{domain}",
               "--host", host_ip, "--ssh-key", str(key))
-    testbed.offline_site(site, network)
+    testbed.offline_site(site)
     mailstack(site, "user", "add", user, "--password-stdin", input=PASSWORD + "\n")
     return site

@@ -42,7 +42,7 @@ def site(tmp_path_factory):
     try:
         up = mailstack(None, "sandbox", "up", str(root))
         assert up.returncode == 0, up.stdout + up.stderr
-        testbed.offline_site(root, sandbox.NETWORK)
+        testbed.offline_site(root)
         yield root
     finally:
         mailstack(None, "sandbox", "down")
