@@ -248,7 +248,6 @@ def host_vars(context: dict[str, Any]) -> dict[str, Any]:
                           "cert_file": context["tls"]["cert_file"]},
         "mailstack_dkim_keys_dir": DKIM_KEYS_DIR,
         "mailstack_sieve_dirs": [SIEVE_DIR, SIEVE_PIPE_DIR],
-        "mailstack_resolver_address": RESOLVER_ADDRESS,
         "mailstack_db_name": context["db"]["name"],
         "mailstack_lmtp_socket": storage["lmtp_socket"],
         "mailstack_storage": {k: storage[k] for k in (
