@@ -15,7 +15,7 @@ import typer
 from typer.core import TyperGroup
 
 from mailstack import __version__
-from mailstack.cli import accounts, build, init, probe, relay, sandbox, storage
+from mailstack.cli import accounts, build, init, probe, relay, sandbox, spam, storage
 from mailstack.cli.common import CONTEXT, Options
 from mailstack.errors import MailstackError
 
@@ -49,12 +49,13 @@ app = typer.Typer(
 )
 # In the order `mailstack --help` lists them: the site, its files, the hosts, day 2.
 for command in (init.init, build.render, build.deploy, probe.verify, probe.dns, storage.unlock,
-                storage.status):
+                storage.status, storage.unban):
     app.command()(command)
 app.add_typer(accounts.user_app, name="user")
 app.add_typer(accounts.alias_app, name="alias")
 app.add_typer(accounts.domain_app, name="domain")
 app.add_typer(relay.relay_app, name="relay")
+app.add_typer(spam.spam_app, name="spam")
 app.add_typer(sandbox.sandbox_app, name="sandbox")
 
 

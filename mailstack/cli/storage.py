@@ -1,4 +1,4 @@
-"""`mailstack unlock` and `mailstack status`: the encrypted store of each host."""
+"""`mailstack unlock`, `status` and `unban`: day-2 commands run on each host over SSH."""
 
 from __future__ import annotations
 
@@ -43,19 +43,22 @@ def status(ctx: typer.Context) -> None:
     """Per host: store locked/unlocked, services, queue size."""
     from mailstack.deploy.storage import status as run_status
 
-    for r in run_status(opts(ctx).site()):
+    site = opts(ctx).site()
+    lists = [{"zone": dl.zone, "answers": dl.answers} for dl in site.config.options.blocklists.lists]
+    for r in run_status(site):
         store = r.data["storage"]
         lock = ("LOCKED (run `mailstack unlock`)" if store["locked"] else
                 "unlocked" if store["encryption"] != "none" else "not encrypted")
         services = ", ".join(f"{k} {v}" for k, v in r.data["services"].items())
         typer.echo(f"{r.host}: storage {store['encryption']} {lock}; queue {r.data['queue']}; "
                    f"{services}")
-        for line in checks_lines(r.data):
+        for line in checks_lines(r.data, lists):
             typer.echo(f"  {line}")
 
 
-def checks_lines(data: dict) -> list[str]:
-    """The ban jails, the spam filter and the resolver, as `status` shows them."""
+def checks_lines(data: dict, lists: list[dict] | None = None) -> list[str]:
+    """The ban jails, the spam filter, the resolver and the DNS blocklists (judged against
+    their answer filters from lists: zone, answers), as `status` shows them."""
     lines = []
     jails = data.get("jails")
     if "jails" not in data:
@@ -70,4 +73,44 @@ def checks_lines(data: dict) -> list[str]:
         if key in data:
             lines.append(f"{label}: " + ("answers" if data[key] == "ok" else
                                          f"NOT answering ({data[key]})"))
+    for works, said in blocklist_checks(data, lists or []):
+        lines.append(f"blocklist {said}" if works else f"blocklist NOT WORKING: {said}")
     return lines
+
+
+def blocklist_checks(data: dict, lists: list[dict]) -> list[tuple[bool, str]]:
+    """(works, what to say) per DNS blocklist the host asked for its test entry."""
+    from mailstack.verify.dnsbl import judge
+
+    found = data.get("blocklists") or {}
+    patterns = {dl["zone"]: dl["answers"] for dl in lists}
+    return [judge(zone, patterns.get(zone), answer) for zone, answer in found.items()]
+
+
+def unban(
+    ctx: typer.Context,
+    address: Annotated[str | None, typer.Argument(
+        help="The IP address to let in again.", show_default=False)] = None,
+    all_addresses: Annotated[bool, typer.Option("--all", help="Lift every ban.")] = False,
+    host: Annotated[str | None, typer.Option("--host", help="Only this host (default: all).")
+                    ] = None,
+) -> None:
+    """Lift the brute-force bans (fail2ban) of an address, e.g. a user who mistyped a
+    password too often, at once instead of after options.bans.ban_time."""
+    import ipaddress
+
+    from mailstack.deploy.storage import unban as run_unban
+
+    if all_addresses == (address is not None):
+        raise MailstackError("give one IP address to unban, or --all")
+    if address is not None:
+        try:
+            address = str(ipaddress.ip_address(address))
+        except ValueError:
+            raise MailstackError(f"not an IP address: {address!r} (e.g. 192.0.2.10 or "
+                                 "2001:db8::10)") from None
+    site = opts(ctx).site()
+    for r in run_unban(site, address or "all", host):
+        d = r.data
+        typer.echo(f"{r.host}: {'every address' if address is None else address} unbanned; "
+                   f"{d.get('banned_now', 0)} ban(s) left")

@@ -43,3 +43,14 @@ def status_of(result: ToolResult) -> ToolResult:
     if not result.data.get("ok"):
         raise MailstackError(f"{result.host}: status failed: {result.data.get('error')}")
     return result
+
+
+def unban(site: Site, address: str, host: str | None = None) -> list[ToolResult]:
+    """Lift fail2ban's bans of one address ("all": of every address) on each host."""
+    results = []
+    for h in hosts(site, host):
+        result = run_tool(site, h, "unban", stdin=address + "\n", timeout=60)
+        if not result.data.get("ok"):
+            raise MailstackError(f"{result.host}: unban failed: {result.data.get('error')}")
+        results.append(result)
+    return results

@@ -11,7 +11,9 @@ storage role). Run by `mailstack unlock` / `mailstack status` over SSH, and by t
                                      flush the Postfix queue, report what was delivered
   mailstack-storage lock             stop Dovecot and unmount
   mailstack-storage status           JSON: store, services, queue size, the ban jails, whether
-                                     the spam filter and the resolver answer
+                                     the spam filter, the resolver and the DNS lists answer
+  mailstack-storage unban            lift fail2ban's bans of one address (on stdin), or of
+                                     every address ("all")
 
 The passphrase is only ever read from standard input: never an argument, a file or a log.
 Exit codes: 0 ok, 1 error, 3 wrong passphrase, 4 store not initialized.
@@ -246,6 +248,21 @@ def answers(cmd):
     return "ok" if proc.returncode == 0 else (words[-1] if words else f"exit {proc.returncode}")
 
 
+def blocklist_answers(lists):
+    """What each DNS list answers for its test entry 2.0.0.127.<zone>, through the host's
+    resolver (the controller judges the answers against the list's filter)."""
+    found = {}
+    for dl in lists:
+        proc = run(["getent", "ahostsv4", "2.0.0.127." + dl["zone"]], timeout=15)
+        if proc.returncode == 0:
+            found[dl["zone"]] = {"answers": sorted({line.split()[0] for line in
+                                                    proc.stdout.splitlines() if line.strip()})}
+        else:
+            found[dl["zone"]] = {"error": "not listed" if proc.returncode == 2
+                                 else (proc.stderr.strip() or f"exit {proc.returncode}")}
+    return found
+
+
 def cmd_status(c):
     services = {s: run(["systemctl", "is-active", s]).stdout.strip() for s in c["services"]}
     checks = {"jails": jails()}
@@ -254,8 +271,32 @@ def cmd_status(c):
     if c.get("hostname"):
         # Through the host's own resolver: the DNS blocklists and SPF depend on it.
         checks["resolver"] = answers(["getent", "ahosts", c["hostname"]])
+    if c.get("blocklists"):
+        checks["blocklists"] = blocklist_answers(c["blocklists"])
     print(json.dumps({"ok": True, "storage": state(c), "services": services,
                       "queue": queue_size(), **checks}))
+
+
+def cmd_unban(c):
+    """The address comes on stdin, checked here too: it reaches fail2ban-client's argv."""
+    import ipaddress
+
+    wanted = sys.stdin.readline().strip()
+    if wanted != "all":
+        try:
+            wanted = str(ipaddress.ip_address(wanted))
+        except ValueError:
+            fail(f"not an IP address: {wanted!r}")
+    if jails() is None:
+        fail("fail2ban is not running here (options.bans.enabled is false?)")
+    banned_before = sum(n or 0 for n in jails().values())
+    proc = run(["fail2ban-client", "unban", "--all"] if wanted == "all"
+               else ["fail2ban-client", "unban", wanted])
+    if proc.returncode != 0:
+        fail(f"fail2ban-client unban: {(proc.stderr or proc.stdout).strip()}")
+    print(json.dumps({"ok": True, "address": wanted, "unbanned": proc.stdout.strip(),
+                      "banned_before": banned_before,
+                      "banned_now": sum(n or 0 for n in jails().values())}))
 
 
 def main():
@@ -263,7 +304,7 @@ def main():
         print(__doc__)
         sys.exit(ERROR)
     verb = sys.argv[1]
-    if verb not in ("state", "init", "unlock", "mount", "lock", "status"):
+    if verb not in ("state", "init", "unlock", "mount", "lock", "status", "unban"):
         fail("unknown command " + verb)
     try:
         c = conf()
@@ -281,6 +322,8 @@ def main():
         cmd_lock(c)
     elif verb == "status":
         cmd_status(c)
+    elif verb == "unban":
+        cmd_unban(c)
 
 
 if __name__ == "__main__":

@@ -45,11 +45,13 @@ MAIL_PORTS = {"smtp": 25, "submissions": 465, "submission": 587, "imaps": 993, "
 MYNETWORKS = ["127.0.0.0/8", "::1/128"]
 # The host's own resolver (unbound), which Postfix and rspamd ask.
 RESOLVER_ADDRESS = "127.0.0.1"
-# rspamd: the milter Postfix talks to (the proxy worker, scanning itself) and the
-# controller (learning, `rspamc`, the web interface through an SSH tunnel), both on
-# loopback only; Redis keeps its statistics, greylisting and rate-limit buckets.
-RSPAMD = {"proxy": "127.0.0.1:11332", "controller": "127.0.0.1:11334",
-          "redis": "127.0.0.1:6379"}
+# rspamd: the milter Postfix talks to (the proxy worker, scanning itself, on loopback);
+# the controller's unix socket, which rspamd trusts without a password, so only its group
+# (rspamd's own, plus Dovecot's mail processes, which learn through it) may use it; the
+# web interface on loopback, behind the vault's password, reached through an SSH tunnel.
+# Redis keeps the statistics, greylisting and rate-limit buckets.
+RSPAMD = {"proxy": "127.0.0.1:11332", "controller_socket": "/run/rspamd/controller.sock",
+          "web_ui": "127.0.0.1:11334", "group": "_rspamd", "redis": "127.0.0.1:6379"}
 # Global Sieve scripts (Junk filing, learning) and the programs they may pipe mail to.
 SIEVE_DIR = "/etc/dovecot/sieve"
 SIEVE_PIPE_DIR = "/etc/dovecot/sieve-pipe"
@@ -136,11 +138,21 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
             "postfix_unit": f"{POSTFIX_INSTANCE_UNIT}.service",
             "recidive": dict(RECIDIVE),
         },
+        # Postfix's anvil, on every SMTP port; the ban list's addresses are exempt too.
+        "limits": {
+            "connections": cfg.options.limits.connections,
+            "connections_per_minute": cfg.options.limits.connections_per_minute,
+            "auth_per_minute": cfg.options.limits.auth_per_minute,
+            "exempt": " ".join(postfix_network(n) for n in bans.ignore),
+        },
         # postscreen on port 25: Postfix's zone=answers*weight form for each list.
         "blocklists": {
             "sites": [f"{dl.zone}{'=' + dl.answers if dl.answers else ''}*{dl.weight}"
                       for dl in blocklists.lists],
             "threshold": blocklists.threshold,
+            # The blocklists (not the allowlists) whose test entry `status` asks for.
+            "checked": [{"zone": dl.zone, "answers": dl.answers}
+                        for dl in blocklists.lists if dl.weight > 0],
             "allow": list(blocklists.allow),
         },
         "resolver": {
@@ -151,7 +163,12 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
         "spam": {
             "milter": f"inet:{RSPAMD['proxy']}",
             "proxy": RSPAMD["proxy"],
-            "controller": RSPAMD["controller"],
+            "controller": RSPAMD["controller_socket"],
+            "group": RSPAMD["group"],
+            # No hash in the vault (a site older than the interface): no interface.
+            "web_ui": ({"address": RSPAMD["web_ui"],
+                        "password_hash": site_secrets["spam_ui_password_hash"]}
+                       if site_secrets.get("spam_ui_password_hash") else None),
             "redis": RSPAMD["redis"],
             "redis_max_memory": "64mb",
             "nameserver": f"{RESOLVER_ADDRESS}:53",
@@ -248,6 +265,7 @@ def host_vars(context: dict[str, Any]) -> dict[str, Any]:
                           "cert_file": context["tls"]["cert_file"]},
         "mailstack_dkim_keys_dir": DKIM_KEYS_DIR,
         "mailstack_sieve_dirs": [SIEVE_DIR, SIEVE_PIPE_DIR],
+        "mailstack_spam_group": context["spam"]["group"],
         "mailstack_db_name": context["db"]["name"],
         "mailstack_lmtp_socket": storage["lmtp_socket"],
         "mailstack_storage": {k: storage[k] for k in (

@@ -99,8 +99,10 @@ def sandbox_up(state_dir: Path | None = None) -> SandboxInfo:
     containers.ensure_network(NETWORK)
     if containers.container_running(CONTAINER) is None:
         engine.log(f"starting sandbox {CONTAINER} ({HOSTNAME}) from {image}")
+        # NET_ADMIN, as a KVM VPS has: the firewall and fail2ban's bans work as in production.
         host = containers.start_host(CONTAINER, image, hostname=HOSTNAME, network=NETWORK,
-                                 ssh_pubkey=pubkey, labels={SANDBOX_LABEL: "1"})
+                                     ssh_pubkey=pubkey, labels={SANDBOX_LABEL: "1"},
+                                     cap_add=("NET_ADMIN",))
     else:
         host = containers.resume_host(CONTAINER, network=NETWORK)
         containers.install_pubkey(CONTAINER, pubkey)  # the key may have been recreated since

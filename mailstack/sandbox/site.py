@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mailstack.errors import MailstackError
+from mailstack.files import write_atomic
 from mailstack.sandbox.engine import SandboxError
 from mailstack.sandbox.host import SandboxInfo, sandbox_up
 from mailstack.site.config import CONFIG_FILE
@@ -28,6 +29,7 @@ def sandbox_site_up(directory: Path) -> tuple[SandboxInfo, bool]:
             ssh_user=info.ssh_user, ssh_key=str(info.ssh_key),
             admin_email=f"postmaster@{SANDBOX_DOMAIN}",
         ))
+        _no_dns_lists(directory / CONFIG_FILE)
         return info, True
     hosts = load_hosts(directory)
     if [h.name for h in hosts] != [info.hostname]:
@@ -39,3 +41,14 @@ def sandbox_site_up(directory: Path) -> tuple[SandboxInfo, bool]:
     # A re-created sandbox has new SSH host keys: forget the old ones.
     (directory / KNOWN_HOSTS_FILE).unlink(missing_ok=True)
     return info, False
+
+
+def _no_dns_lists(config: Path) -> None:
+    """The sandbox takes mail from this machine only, and may run where the lists refuse or
+    cannot be reached: its postscreen asks none (and `verify` checks none)."""
+    text = config.read_text(encoding="utf-8")
+    old = "  blocklists:\n    threshold: 3\n"
+    if old not in text:
+        raise MailstackError(f"{config}: no blocklists section where `init` writes it")
+    write_atomic(config, text.replace(old, old + "    # The sandbox takes mail from this machine "
+                                      "only: no DNS lists.\n    lists: []\n"))

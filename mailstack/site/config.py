@@ -194,6 +194,19 @@ class Bans(_Strict):
     ignore: list[Annotated[str, BeforeValidator(_network)]] = []
 
 
+class Limits(_Strict):
+    """What one client address may do on the SMTP ports, counted by Postfix's anvil over a
+    minute; past it the client gets 421 and comes back later. Loopback and the addresses
+    in options.bans.ignore are exempt."""
+
+    # Connections open at once.
+    connections: Annotated[int, Field(ge=1, le=1000)] = 20
+    # New connections per minute.
+    connections_per_minute: Annotated[int, Field(ge=1, le=100_000)] = 60
+    # AUTH commands per minute (fail2ban bans after options.bans.max_failures failures).
+    auth_per_minute: Annotated[int, Field(ge=1, le=100_000)] = 30
+
+
 def _dnsbl_codes(value: Any) -> str:
     if not isinstance(value, str) or not _DNSBL_CODES.fullmatch(value):
         raise ValueError("must be an answer like 127.0.0.2, 127.0.0.[2..11] or 127.0.0.[2;3]")
@@ -275,6 +288,7 @@ class Options(_Strict):
     queue: Queue = Queue()
     storage: Storage = Storage()
     bans: Bans = Bans()
+    limits: Limits = Limits()
     spam: Spam = Spam()
     blocklists: Blocklists = Blocklists()
     resolver: Resolver = Resolver()

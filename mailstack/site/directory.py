@@ -222,13 +222,20 @@ options:
 
   # Brute-force bans (fail2ban): an address that fails to log in max_failures times within
   # find_time is refused on the mail ports (never SSH) for ban_time; ignore lists addresses
-  # or networks never banned, e.g. [192.0.2.10, 2001:db8::/32].
+  # or networks never banned nor limited below, e.g. [192.0.2.10, 2001:db8::/32].
   bans:
     enabled: true
     max_failures: 5
     find_time: 10m
     ban_time: 1h
     ignore: []
+
+  # What one address may do on the SMTP ports (Postfix's anvil): connections open at once,
+  # new connections and AUTH commands per minute. Past a limit it gets 421 and retries.
+  limits:
+    connections: 20
+    connections_per_minute: 60
+    auth_per_minute: 30
 
   # The spam filter (rspamd). At reject_score a message is refused (5xx), at junk_score it
   # goes to Junk, at greylist_score (null: never) the sender must retry after

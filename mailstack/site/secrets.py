@@ -4,7 +4,7 @@ A rebuild on a new VPS reuses them, so the DKIM key (and its DNS record) survive
 secret is never regenerated. Layout, all ansible-vault encrypted, mode 0600:
 
 - ``secrets/site.yml``: MariaDB lookup passwords, storage passphrase, verify mailbox password,
-  relay (smarthost) password.
+  relay (smarthost) password, the spam filter's web interface password (and its hash).
 - ``secrets/dkim.yml``: one RSA 2048 key pair per domain, with its selector.
 - ``secrets/accounts.yml``: mailbox password hashes (``{ARGON2ID}…``), by address.
 """
@@ -42,6 +42,9 @@ REQUIRED_SITE_SECRETS = (("mariadb", "postfix_password"), ("mariadb", "dovecot_p
 
 
 _SELECTOR = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+# What mailstack.site.spam_ui makes: it goes between quotes in rspamd's settings.
+_Z32 = "[ybndrfg8ejkmcpqxot1uwisza345h769]"
+_RSPAMD_HASH = re.compile(rf"\$1\${_Z32}{{32}}\${_Z32}{{52}}")
 
 
 def generated_site_secrets() -> dict[str, Any]:
@@ -111,6 +114,11 @@ class Secrets:
                 value = value.get(key) if isinstance(value, dict) else None
             if not isinstance(value, str) or not value:
                 problems.append(f"{d / SITE_FILE}: {'.'.join(path)} is missing or empty")
+        ui_hash = self.site.get("spam_ui_password_hash")
+        if ui_hash is not None and not (isinstance(ui_hash, str)
+                                        and _RSPAMD_HASH.fullmatch(ui_hash)):
+            problems.append(f"{d / SITE_FILE}: spam_ui_password_hash is not an rspamd $1$ hash "
+                            "(set a new password with `mailstack spam password --new`)")
         for domain, key in self.dkim.items():
             if not isinstance(key, dict) or not isinstance(key.get("selector"), str) \
                     or not _SELECTOR.fullmatch(key["selector"]):
@@ -155,6 +163,11 @@ class Secrets:
             from mailstack.site.passwords import hash_password
 
             self.site["verify_password_hash"] = hash_password(self.site["verify_password"])
+        # The spam filter's web interface: its password, and the hash rspamd compares.
+        if not self.site.get("spam_ui_password_hash"):
+            from mailstack.site.spam_ui import new_ui_secrets
+
+            self.site.update(new_ui_secrets())
         for domain in domains:
             if domain not in self.dkim:
                 self.dkim[domain] = new_dkim_key()

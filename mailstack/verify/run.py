@@ -15,6 +15,7 @@ from mailstack.render.context import verify_address
 from mailstack.site.directory import Site
 from mailstack.site.inventory import InventoryHost, select_hosts
 from mailstack.verify import probes
+from mailstack.verify.host import host_checks
 from mailstack.verify.probes import Probe, Target
 from mailstack.verify.report import Check
 from mailstack.verify.roundtrip import round_trip
@@ -47,12 +48,15 @@ def target(site: Site, host: InventoryHost) -> Target:
                   dkim_keys=site.secrets.dkim)
 
 
-def probe_host(t: Target) -> list[Check]:
+def probe_host(t: Target, site: Site | None = None, host: InventoryHost | None = None
+               ) -> list[Check]:
     rec = Recorder(t.host)
     for name, probe in [*probes.listening(t), *probes.authentication(t), *probes.refusals(t),
                         *probes.filtering(t)]:
         rec.attempt(name, probe)
     round_trip(t, rec)
+    if site is not None and host is not None:
+        host_checks(site, host, rec)
     # Last: a failed login makes Dovecot delay this client's next logins (auth penalty).
     rec.attempt("wrong password refused", lambda: probes.wrong_password_refused(t))
     return rec.results
@@ -61,5 +65,5 @@ def probe_host(t: Target) -> list[Check]:
 def verify(site: Site, only_host: str | None = None) -> list[Check]:
     results: list[Check] = []
     for host in select_hosts(site.root, site.inventory, only_host):
-        results.extend(probe_host(target(site, host)))
+        results.extend(probe_host(target(site, host), site, host))
     return results

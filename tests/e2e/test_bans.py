@@ -4,34 +4,42 @@ A stack-image host with NET_ADMIN (fail2ban adds nftables rules, as on a KVM VPS
 internet in a box's outside sender on one test network. The sender fails SMTP AUTH on 587
 (then IMAP logins on 993) as often as mailstack.yml allows: fail2ban bans its address on
 the mail ports, while this machine (another address) logs in as usual; the ban expires
-after the (test-shortened) ban time. Real swaks, real Python imaplib, real fail2ban.
+after the (test-shortened) ban time, or at once by `mailstack unban`. Then Postfix's anvil:
+connections at once and per minute from one address (this machine) past the (test-sized)
+limits get 421. Real swaks, real Python imaplib and sockets, real fail2ban and Postfix.
 """
 
 from __future__ import annotations
 
 import smtplib
+import socket
 import time
 
 import pytest
 import testbed
 
-from .helpers import PASSWORD, host_in_a_box, imap_login, tls_context
+from .helpers import PASSWORD, host_in_a_box, imap_login, mailstack, tls_context
 
 pytestmark = pytest.mark.testbed
 DOMAIN = "bans.test"
 ALICE = f"alice@{DOMAIN}"
 MAX_FAILURES = 3
 BAN_SECONDS = 45
+# Postfix's anvil: connections at once and per minute from one address.
+CONNECTIONS = 3
+PER_MINUTE = 10
 
 
 @pytest.fixture(scope="module")
 def bed(tmp_path_factory):
     """(mail host, its IP, the outside sender) with a deployed site."""
     edits = ((" max_failures: 5", f" max_failures: {MAX_FAILURES}"),
-             (" ban_time: 1h", f" ban_time: {BAN_SECONDS}s"))
+             (" ban_time: 1h", f" ban_time: {BAN_SECONDS}s"),
+             ("    connections: 20\n", f"    connections: {CONNECTIONS}\n"),
+             ("    connections_per_minute: 60\n", f"    connections_per_minute: {PER_MINUTE}\n"))
     with host_in_a_box("bans", tmp_path_factory.mktemp("bans") / "site", DOMAIN, [ALICE],
                        edits=edits, cap_add=("NET_ADMIN",)) as host:
-        yield host.name, host.ip, host.internet.sender
+        yield host.name, host.ip, host.internet.sender, host.site
 
 
 def banned(name: str, jail: str | None = None) -> str:
@@ -75,7 +83,7 @@ def fail_imap_login(sender, ip: str) -> None:
 
 
 def test_fail2ban_runs_with_the_jails(bed) -> None:
-    name, _, _ = bed
+    name, _, _, _ = bed
     status = testbed.exec_in(name, ["fail2ban-client", "status"]).stdout
     for jail in ("postfix-sasl", "dovecot", "recidive"):
         assert jail in status, status
@@ -85,7 +93,7 @@ def test_fail2ban_runs_with_the_jails(bed) -> None:
 @pytest.mark.parametrize("fail, jail", [(fail_smtp_auth, "postfix-sasl"),
                                         (fail_imap_login, "dovecot")], ids=["smtp-auth", "imap"])
 def test_repeated_failures_ban_the_address_and_only_it(bed, fail, jail) -> None:
-    name, ip, sender = bed
+    name, ip, sender, _ = bed
     wait_for(lambda: sender.host.ip not in banned(name), "an earlier ban to expire", BAN_SECONDS + 15)
     for _ in range(MAX_FAILURES - 1):
         fail(sender, ip)
@@ -105,3 +113,49 @@ def test_repeated_failures_ban_the_address_and_only_it(bed, fail, jail) -> None:
 
     # And the ban ends.
     wait_for(lambda: sender_reaches(sender, ip, 587), "the ban to expire", BAN_SECONDS + 15)
+
+
+def test_unban_lets_the_address_in_at_once(bed) -> None:
+    name, ip, sender, site = bed
+    wait_for(lambda: sender.host.ip not in banned(name), "an earlier ban to expire", BAN_SECONDS + 15)
+    for _ in range(MAX_FAILURES):
+        fail_smtp_auth(sender, ip)
+    wait_for(lambda: sender.host.ip in banned(name, "postfix-sasl"), "the ban")
+    assert not sender_reaches(sender, ip, 587)
+    done = mailstack(site, "unban", sender.host.ip)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"{sender.host.ip} unbanned" in done.stdout, done.stdout
+    assert sender.host.ip not in banned(name)
+    assert sender_reaches(sender, ip, 587), "still refused after unban"
+
+
+def greeting(ip: str, port: int = 587) -> tuple[socket.socket, str]:
+    """A connection to the server (left open) and its first reply line."""
+    conn = socket.create_connection((ip, port), timeout=10)
+    return conn, conn.makefile("rb").readline().decode(errors="replace").strip()
+
+
+# Last, from this machine: its limits then last a minute, and the tests above log in from it.
+def test_connections_at_once_are_limited(bed) -> None:
+    _, ip, _, _ = bed
+    held = [greeting(ip) for _ in range(CONNECTIONS + 1)]
+    try:
+        replies = [reply for _, reply in held]
+        assert all(r.startswith("220 ") for r in replies[:CONNECTIONS]), replies
+        assert replies[CONNECTIONS].startswith("421 "), replies
+        assert "too many connections" in replies[CONNECTIONS], replies
+    finally:
+        for conn, _ in held:
+            conn.close()
+
+
+def test_connections_per_minute_are_limited(bed) -> None:
+    _, ip, _, _ = bed
+    replies = []
+    for _ in range(PER_MINUTE + 2):
+        conn, reply = greeting(ip)
+        conn.close()
+        replies.append(reply[:3])
+    assert "421" in replies, replies
+    assert 1 <= replies.count("220") <= PER_MINUTE, replies
+    assert set(replies[replies.index("421"):]) == {"421"}, "once refused, refused for the minute"

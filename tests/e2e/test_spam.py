@@ -50,7 +50,9 @@ BOB = f"bob@{DOMAIN}"  # the rate-limit test's user: his bucket is his alone
 HOURLY_LIMIT = 5
 GREYLIST_SECONDS = 10
 SELECTOR = "s1"
-CONTROLLER = "127.0.0.1:11334"
+# The controller's socket (rspamd's group only) and its web interface (password only).
+CONTROLLER = "/run/rspamd/controller.sock"
+WEB_UI = "127.0.0.1:11334"
 
 
 @dataclass
@@ -174,8 +176,23 @@ def test_status_shows_the_filter_and_the_resolver_answering(bed) -> None:
     assert status.returncode == 0, status.stderr
     for expected in ("rspamd active", "redis-server active", "unbound active",
                      "spam filter: answers", "resolver: answers",
+                     "blocklist bl.test: lists its test entry",  # the box's test list
                      "bans: fail2ban not running"):  # this host has no CAP_NET_ADMIN
         assert expected in status.stdout, status.stdout
+
+
+def test_verify_checks_the_host_over_ssh(bed) -> None:
+    result = mailstack(bed.site, "verify", "--json")
+    checks = {c["name"]: c for c in json.loads(result.stdout)}
+    for name in ("spam filter answers on the host", "host's resolver resolves its own name",
+                 "DNS blocklist bl.test answers", "spam filter refuses GTUBE"):
+        assert checks[name]["passed"], checks[name]
+    # This host has no CAP_NET_ADMIN, so no bans: verify says so (and fails) rather than
+    # passing a server that cannot ban.
+    jails = checks["brute-force ban jails active"]
+    assert not jails["passed"] and "CAP_NET_ADMIN" in jails["detail"], jails
+    assert [n for n, c in checks.items() if not c["passed"]] == ["brute-force ban jails active"]
+    assert result.returncode != 0
 
 
 # The first tests that connect from the outside sender: postscreen remembers a client that
@@ -340,6 +357,43 @@ def test_verify_style_probe_scans_from_the_host(bed) -> None:
     assert "Action: reject" in out, out
     stats = json.loads(bed.run("rspamc", "-h", CONTROLLER, "-j", "stat").stdout)
     assert stats.get("scanned", 0) > 0, stats
+
+
+def ui_stat(bed: Bed, *password: str):
+    """`rspamc stat` against the web interface's port, from loopback: where an SSH tunnel
+    comes from, so being local must not be enough."""
+    done = bed.run("rspamc", "-h", WEB_UI, *(("-P", *password) if password else ()), "stat",
+                   check=False)
+    return done.stdout + done.stderr
+
+
+def test_web_interface_takes_only_the_vault_password(bed) -> None:
+    shown = mailstack(bed.site, "spam", "password")
+    assert shown.returncode == 0, shown.stderr
+    password = shown.stdout.strip()
+    assert "401" in ui_stat(bed)
+    assert "401" in ui_stat(bed, "q1"), "rspamd's stock password must not work"
+    assert "Messages scanned" in ui_stat(bed, password)
+    page = bed.run("python3", "-c", "import urllib.request; print(urllib.request.urlopen("
+                   f"'http://{WEB_UI}/').read().decode())").stdout
+    assert "<title>Rspamd Web Interface</title>" in page, page[:500]
+    # The controller socket trusts whoever connects: only rspamd's group may.
+    denied = bed.run("runuser", "-u", "nobody", "--", "rspamc", "--connect", CONTROLLER, "stat",
+                     check=False)
+    assert denied.returncode != 0 and "Permission denied" in denied.stdout + denied.stderr
+
+
+def test_a_new_web_interface_password_replaces_the_old_one(bed) -> None:
+    old = mailstack(bed.site, "spam", "password").stdout.strip()
+    made = mailstack(bed.site, "spam", "password", "--new")
+    assert made.returncode == 0, made.stderr
+    new = made.stdout.strip()
+    assert new and new != old
+    assert mailstack(bed.site, "spam", "password").stdout.strip() == new
+    deployed = mailstack(bed.site, "deploy")
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    assert "401" in ui_stat(bed, old)
+    assert "Messages scanned" in ui_stat(bed, new)
 
 
 def test_greylisting_defers_the_first_attempt_and_takes_the_retry(bed) -> None:

@@ -14,7 +14,8 @@ COMMANDS = [[], ["init"], ["render"], ["user"], ["user", "add"], ["user", "remov
             ["user", "list"], ["user", "passwd"], ["alias"], ["alias", "add"],
             ["alias", "remove"], ["alias", "list"], ["domain"], ["domain", "add"],
             ["domain", "remove"], ["domain", "list"], ["relay", "set"], ["relay", "clear"],
-            ["sandbox", "up"], ["sandbox", "down"], ["deploy"], ["verify"], ["dns"]]
+            ["spam"], ["spam", "password"],
+            ["sandbox", "up"], ["sandbox", "down"], ["deploy"], ["verify"], ["dns"], ["unban"]]
 
 
 def test_version(runner):
@@ -89,3 +90,16 @@ def test_unknown_host_is_named_without_a_traceback(runner, site_dir, command):
     assert result.exit_code == 2, result.output
     assert "host 'other.example.org' is not in the inventory's mail group" in result.output
     assert "(hosts: mail.example.org)" in result.output
+
+
+@pytest.mark.parametrize("args,message", [
+    ([], "give one IP address to unban, or --all"),
+    (["192.0.2.1", "--all"], "give one IP address to unban, or --all"),
+    (["-oProxyCommand=x"], "No such option"),
+    (["--", "-oProxyCommand=x"], "not an IP address"),
+    (["192.0.2.1\nx"], "not an IP address"),
+])
+def test_unban_refuses_anything_but_one_address(cli, args, message):
+    result = cli("unban", *args)
+    assert result.exit_code != 0
+    assert message in result.output

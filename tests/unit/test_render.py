@@ -16,7 +16,7 @@ from conftest import PASSWORD
 from mailstack.errors import ConfigError
 from mailstack.host import storage_tool
 from mailstack.render.renderer import STORAGE_TOOL_FILE, render_host, write_tree
-from mailstack.site.config import Blocklists, DnsList, SiteConfig
+from mailstack.site.config import Bans, Blocklists, DnsList, Limits, SiteConfig
 from mailstack.site.inventory import InventoryHost
 from mailstack.site.secrets import Secrets
 
@@ -41,7 +41,8 @@ def fake_secrets() -> Secrets:
                           "dovecot_password": "FAKE-dovecot-pw"},
               "storage_passphrase": "FAKE-passphrase", "verify_password": "FAKE-verify",
               "verify_password_hash": "{ARGON2ID}$argon2id$v=19$m=65536,t=3,p=1$FAKE$verify",
-              "relay_password": "FAKE-relay-pw"},
+              "relay_password": "FAKE-relay-pw", "spam_ui_password": "FAKE-ui-pw",
+              "spam_ui_password_hash": "$1$FAKE$ui"},
         dkim={d: {"selector": "s2026", "private_key": f"-----FAKE KEY FOR {d}-----\n"}
               for d in ("example.org", "example.net")},
         accounts={"alice@example.org": "{ARGON2ID}$argon2id$v=19$m=65536,t=3,p=1$FAKE$alice",
@@ -172,3 +173,16 @@ def test_postscreen_gets_the_lists_and_the_allowlist():
     assert "192.0.2.0/24\tpermit\n" in files["etc/postfix/postscreen_access.cidr"]
     master_cf = files["etc/postfix/master.cf"]
     assert "smtp      inet  n       -       y       -       1       postscreen" in master_cf
+
+
+def test_anvil_limits_and_their_exempt_addresses():
+    cfg = CONFIG.model_copy(update={"options": CONFIG.options.model_copy(update={
+        "limits": Limits(connections=3, connections_per_minute=9, auth_per_minute=4),
+        "bans": Bans(ignore=["192.0.2.10", "2001:db8::/32"])})})
+    main_cf = {str(f.path): f.content for f in render_host(cfg, fake_secrets(), HOST)}[
+        "etc/postfix/main.cf"]
+    assert "smtpd_client_connection_count_limit = 3\n" in main_cf
+    assert "smtpd_client_connection_rate_limit = 9\n" in main_cf
+    assert "smtpd_client_auth_rate_limit = 4\n" in main_cf
+    assert ("smtpd_client_event_limit_exceptions = $mynetworks 192.0.2.10/32 "
+            "[2001:db8::]/32\n") in main_cf

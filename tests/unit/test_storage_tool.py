@@ -310,3 +310,11 @@ def test_unlock_hands_the_store_to_the_mail_user_then_refuses_to_hide_mail(stora
         5000, 5000)
     assert owner(conf["root"]) == (0, 0)
     assert "secret" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("given", ["-oProxyCommand=x", "192.0.2.1 --all", "bad", ""])
+def test_unban_takes_only_an_address_or_all(storage_conf, host_tool, given):
+    """The address reaches fail2ban-client's argv: anything else stops before it."""
+    proc = host_tool(storage_conf(), "unban", stdin=given + "\n")
+    assert proc.returncode == ERROR
+    assert json.loads(proc.stdout)["error"].startswith("not an IP address")

@@ -37,11 +37,12 @@ def mailstack_expect(src, dest, attrs=None, **more):
             **(attrs or {}), **more}
 
 
-def mailstack_expect_tree(src_dir, dest_dir, attrs=None, **more):
+def mailstack_expect_tree(src_dir, dest_dir, attrs=None, special=None, **more):
     """One mailstack_probe file entry per regular file below the controller directory
     src_dir, at the same relative path below dest_dir on the host: what copying
     `src_dir/` to `dest_dir/` would produce. The attributes (owner, group, mode, label; a
-    dict and/or keywords) go into every entry."""
+    dict and/or keywords) go into every entry; special maps a relative path to the
+    attributes that differ for that file (one holding a secret)."""
     src_dir = str(src_dir)
     if not os.path.isdir(src_dir):
         raise AnsibleFilterError(f"mailstack_expect_tree: {src_dir} is not a directory")
@@ -51,7 +52,8 @@ def mailstack_expect_tree(src_dir, dest_dir, attrs=None, **more):
         for name in sorted(filenames):
             src = os.path.join(dirpath, name)
             rel = os.path.relpath(src, src_dir)
-            entries.append(mailstack_expect(src, os.path.join(str(dest_dir), rel), attrs, **more))
+            entries.append(mailstack_expect(src, os.path.join(str(dest_dir), rel), attrs,
+                                            **{**more, **(special or {}).get(rel, {})}))
     return entries
 
 
