@@ -14,6 +14,8 @@ storage role). Run by `mailstack unlock` / `mailstack status` over SSH, and by t
                                      the spam filter, the resolver and the DNS lists answer
   mailstack-storage unban            lift fail2ban's bans of one address (on stdin), or of
                                      every address ("all")
+  mailstack-storage verify-login     set the verify mailbox's password hash (on stdin) for one
+                                     `mailstack verify` run, or "off": locked again
 
 The passphrase is only ever read from standard input: never an argument, a file or a log.
 Exit codes: 0 ok, 1 error, 3 wrong passphrase, 4 store not initialized.
@@ -40,6 +42,9 @@ OK = 0
 ERROR = 1
 WRONG_PASSPHRASE = 3
 NOT_INITIALIZED = 4
+# The verify mailbox's password hash outside a `mailstack verify` run: no password matches
+# it (not an Argon2 hash), so the mailbox cannot log in.
+VERIFY_LOCKED = "!locked: mailstack verify sets a one-time password for its run"
 
 
 def conf():
@@ -299,12 +304,37 @@ def cmd_unban(c):
                       "banned_now": sum(n or 0 for n in jails().values())}))
 
 
+def cmd_verify_login(c):
+    """The hash reaches an SQL statement: only an Argon2id hash as mailstack makes it."""
+    import re
+
+    wanted = sys.stdin.readline().strip()
+    value = VERIFY_LOCKED if wanted == "off" else wanted
+    if wanted != "off" and not re.fullmatch(
+            r"\{ARGON2ID\}\$argon2id\$v=19\$m=\d+,t=\d+,p=\d+\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+",
+            wanted):
+        fail("not an {ARGON2ID} hash")
+    if not re.fullmatch(r"[a-z0-9._+-]+@[a-z0-9.-]+", c.get("verify_address", "")) \
+            or not re.fullmatch(r"[A-Za-z0-9_]+", c.get("db_name", "")):
+        fail(f"{CONF} has no valid verify_address and db_name: run `mailstack deploy`")
+    address = c["verify_address"]
+    proc = run(["mariadb", "--batch", "--skip-column-names", c["db_name"], "--execute",
+                f"UPDATE mailboxes SET password_hash = '{value}' WHERE address = '{address}'; "
+                f"SELECT COUNT(*) FROM mailboxes WHERE address = '{address}'"])
+    if proc.returncode != 0:
+        fail(f"mariadb: {(proc.stderr or proc.stdout).strip()}")
+    if proc.stdout.strip() != "1":
+        fail(f"no mailbox {address}: run `mailstack deploy`")
+    print(json.dumps({"ok": True, "locked": wanted == "off"}))
+
+
 def main():
     if len(sys.argv) != 2:
         print(__doc__)
         sys.exit(ERROR)
     verb = sys.argv[1]
-    if verb not in ("state", "init", "unlock", "mount", "lock", "status", "unban"):
+    if verb not in ("state", "init", "unlock", "mount", "lock", "status", "unban",
+                    "verify-login"):
         fail("unknown command " + verb)
     try:
         c = conf()
@@ -324,6 +354,8 @@ def main():
         cmd_status(c)
     elif verb == "unban":
         cmd_unban(c)
+    elif verb == "verify-login":
+        cmd_verify_login(c)
 
 
 if __name__ == "__main__":

@@ -25,8 +25,9 @@ MOZILLA_INTERMEDIATE_CIPHERS = ":".join([
     "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
     "DHE-RSA-AES128-GCM-SHA256", "DHE-RSA-AES256-GCM-SHA384", "DHE-RSA-CHACHA20-POLY1305",
 ])
-# A mailbox that deploy creates and `mailstack verify` uses for its round trip; its password
-# lives in secrets/site.yml. Reserved: users cannot take this local part.
+# A mailbox that deploy creates and `mailstack verify` uses for its round trip. It has no
+# password but for the run of `mailstack verify`, which sets a new one-time password over
+# SSH and locks it again (storage_tool.VERIFY_LOCKED). Reserved: users cannot take it.
 VERIFY_LOCAL_PART = RESERVED_LOCAL_PART
 # Facts that templates, roles and the host tool share. They are defined here and nowhere
 # else: templates get them in the render context, roles from the rendered
@@ -116,7 +117,7 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
     ]
     mailboxes.append({
         "address": verify_address(cfg), "domain": cfg.primary_domain,
-        "local_part": VERIFY_LOCAL_PART, "password_hash": site_secrets["verify_password_hash"],
+        "local_part": VERIFY_LOCAL_PART, "password_hash": storage_tool.VERIFY_LOCKED,
         "quota_bytes": 10 * 1024**2,
     })
     return {

@@ -3,8 +3,9 @@
 A rebuild on a new VPS reuses them, so the DKIM key (and its DNS record) survives; an existing
 secret is never regenerated. Layout, all ansible-vault encrypted, mode 0600:
 
-- ``secrets/site.yml``: MariaDB lookup passwords, storage passphrase, verify mailbox password,
-  relay (smarthost) password, the spam filter's web interface password (and its hash).
+- ``secrets/site.yml``: MariaDB lookup passwords, storage passphrase, relay (smarthost)
+  password, the spam filter's web interface password (and its hash). The verify mailbox has
+  none: `mailstack verify` sets a one-time password for each run.
 - ``secrets/dkim.yml``: one RSA 2048 key pair per domain, with its selector.
 - ``secrets/accounts.yml``: mailbox password hashes (``{ARGON2ID}…``), by address.
 """
@@ -32,13 +33,12 @@ ACCOUNTS_FILE = "accounts.yml"
 # What each file holds, for the message that says how to restore a lost one.
 HOLDS = {
     SITE_FILE: "the storage passphrase (without it the encrypted mail store never opens again), "
-               "the database passwords and the verify mailbox password",
+               "the database passwords",
     DKIM_FILE: "the DKIM keys (a new key would no longer match the published DNS records)",
     ACCOUNTS_FILE: "the mailbox password hashes",
 }
 REQUIRED_SITE_SECRETS = (("mariadb", "postfix_password"), ("mariadb", "dovecot_password"),
-                         ("storage_passphrase",), ("verify_password",),
-                         ("verify_password_hash",))
+                         ("storage_passphrase",))
 
 
 _SELECTOR = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
@@ -51,7 +51,6 @@ def generated_site_secrets() -> dict[str, Any]:
     return {
         "mariadb": {"postfix_password": new_password(), "dovecot_password": new_password()},
         "storage_passphrase": new_password(),
-        "verify_password": new_password(),
         "relay_password": None,
     }
 
@@ -157,12 +156,6 @@ class Secrets:
                     current.setdefault(sub, subvalue)
             else:
                 self.site.setdefault(key, value)
-        # The verification mailbox's hash is stored, not recomputed, so rendering stays
-        # deterministic (Argon2 salts are random).
-        if not self.site.get("verify_password_hash"):
-            from mailstack.site.passwords import hash_password
-
-            self.site["verify_password_hash"] = hash_password(self.site["verify_password"])
         # The spam filter's web interface: its password, and the hash rspamd compares.
         if not self.site.get("spam_ui_password_hash"):
             from mailstack.site.spam_ui import new_ui_secrets

@@ -4,6 +4,8 @@ answer, every DNS blocklist answers its test entry through the host's resolver."
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Protocol
 
 from mailstack.errors import MailstackError
@@ -50,3 +52,30 @@ def host_checks(site: Site, host: InventoryHost, rec: Records) -> None:
         works, said = (judge(dl.zone, patterns[dl.zone], found[dl.zone]) if dl.zone in found
                        else (False, f"{dl.zone}: the host did not ask it (deploy first)"))
         rec.record(f"DNS blocklist {dl.zone} answers", works, said)
+
+
+@contextlib.contextmanager
+def one_time_password(site: Site, host: InventoryHost, rec: Records) -> Iterator[str]:
+    """A new password for the verify mailbox, set on the host over SSH for this run only;
+    afterwards (also after an error) the mailbox is locked again and rec says whether that
+    worked. Between runs no password opens it: there is none to steal."""
+    from mailstack.deploy.remote import run_tool
+    from mailstack.site.passwords import hash_password
+    from mailstack.site.vault import new_password
+
+    password = new_password()
+    answer = run_tool(site, host, "verify-login", stdin=hash_password(password) + "\n",
+                      timeout=60).data
+    if not answer.get("ok"):
+        raise MailstackError(f"{host.name}: cannot set the verify mailbox's one-time password: "
+                             f"{answer.get('error')}")
+    try:
+        yield password
+    finally:
+        try:
+            locked = run_tool(site, host, "verify-login", stdin="off\n", timeout=60).data
+            rec.record("verify mailbox locked again", bool(locked.get("ok")),
+                       "no password opens it until the next verify" if locked.get("ok")
+                       else str(locked.get("error")))
+        except MailstackError as exc:
+            rec.record("verify mailbox locked again", False, str(exc))

@@ -15,7 +15,7 @@ from mailstack.render.context import verify_address
 from mailstack.site.directory import Site
 from mailstack.site.inventory import InventoryHost, select_hosts
 from mailstack.verify import probes
-from mailstack.verify.host import host_checks
+from mailstack.verify.host import host_checks, one_time_password
 from mailstack.verify.probes import Probe, Target
 from mailstack.verify.report import Check
 from mailstack.verify.roundtrip import round_trip
@@ -41,29 +41,29 @@ class Recorder:
         return self.record(name, passed, detail)
 
 
-def target(site: Site, host: InventoryHost) -> Target:
+def target(site: Site, host: InventoryHost, password: str) -> Target:
     cfg = site.config
     return Target(host=host.name, address=host.address, user=verify_address(cfg),
-                  password=site.secrets.site["verify_password"], domain=cfg.primary_domain,
-                  dkim_keys=site.secrets.dkim)
+                  password=password, domain=cfg.primary_domain, dkim_keys=site.secrets.dkim)
 
 
-def probe_host(t: Target, site: Site | None = None, host: InventoryHost | None = None
-               ) -> list[Check]:
-    rec = Recorder(t.host)
+def probe_host(t: Target, rec: Recorder) -> None:
     for name, probe in [*probes.listening(t), *probes.authentication(t), *probes.refusals(t),
                         *probes.filtering(t)]:
         rec.attempt(name, probe)
     round_trip(t, rec)
-    if site is not None and host is not None:
-        host_checks(site, host, rec)
     # Last: a failed login makes Dovecot delay this client's next logins (auth penalty).
     rec.attempt("wrong password refused", lambda: probes.wrong_password_refused(t))
-    return rec.results
 
 
 def verify(site: Site, only_host: str | None = None) -> list[Check]:
+    """Per host: the checks from the host itself (over SSH), then the probes from here with
+    a one-time password for the verify mailbox."""
     results: list[Check] = []
     for host in select_hosts(site.root, site.inventory, only_host):
-        results.extend(probe_host(target(site, host), site, host))
+        rec = Recorder(host.name)
+        host_checks(site, host, rec)
+        with one_time_password(site, host, rec) as password:
+            probe_host(target(site, host, password), rec)
+        results.extend(rec.results)
     return results

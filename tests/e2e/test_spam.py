@@ -47,6 +47,7 @@ pytestmark = pytest.mark.testbed
 DOMAIN = "spam.test"
 ALICE = f"alice@{DOMAIN}"
 BOB = f"bob@{DOMAIN}"  # the rate-limit test's user: his bucket is his alone
+CAROL = f"carol@{DOMAIN}"  # the From: header test's
 HOURLY_LIMIT = 5
 GREYLIST_SECONDS = 10
 SELECTOR = "s1"
@@ -121,7 +122,7 @@ def bed(tmp_path_factory):
              ("    user_hourly_limit: 200\n", f"    user_hourly_limit: {HOURLY_LIMIT}\n"),
              ("    threshold: 3\n", "    threshold: 3\n    lists: [{zone: bl.test, weight: 3, "
                                   "answers: 127.0.0.2}]\n"))
-    with host_in_a_box("spam", tmp_path_factory.mktemp("spam") / "site", DOMAIN, [ALICE, BOB],
+    with host_in_a_box("spam", tmp_path_factory.mktemp("spam") / "site", DOMAIN, [ALICE, BOB, CAROL],
                        edits=edits, before_deploy=outside_domains(key_pem)) as host:
         yield Bed(host.name, host.ip, host.internet, host.site, key_pem)
 
@@ -350,6 +351,31 @@ def test_a_user_past_the_hourly_limit_is_told_to_wait(bed) -> None:
     assert answers[HOURLY_LIMIT] // 100 == 4, answers
     # Alice's bucket is her own.
     assert submit(ALICE, bed.ip, f"alice is fine {secrets.token_hex(3)}")[0] == 250
+
+
+def test_a_user_sends_only_under_their_own_from_header(bed) -> None:
+    """Postfix checks the envelope sender against the login; the From: header people see
+    (and DKIM signs) must be that same address. Carol's own rate-limit bucket."""
+    refused = []
+    for header, expected in ((CAROL, 250), (ALICE, 554), (f"{CAROL}, {ALICE}", 554),
+                             (f'"Carol" <{CAROL.upper()}>', 250)):
+        subject = f"from {secrets.token_hex(4)}"
+        with smtplib.SMTP(bed.ip, 587, timeout=30) as smtp:
+            smtp.starttls(context=tls_context())
+            smtp.login(CAROL, PASSWORD)
+            try:
+                smtp.sendmail(CAROL, [CAROL], message(subject, CAROL, header))
+                code, said = 250, ""
+            except smtplib.SMTPDataError as exc:
+                code, said = exc.smtp_code, exc.smtp_error.decode()
+        assert code == expected, (header, code, said)
+        if code == 250:
+            assert len(fetch(bed.ip, CAROL, subject)) == 1
+        else:
+            assert "From: header must be your own address" in said, said
+            refused.append(subject)
+    for subject in refused:
+        assert fetch(bed.ip, CAROL, subject, timeout=0) == []
 
 
 def test_verify_style_probe_scans_from_the_host(bed) -> None:

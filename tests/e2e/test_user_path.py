@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import testbed
 
+from mailstack.host import storage_tool
+from mailstack.render.context import DB_NAME, VERIFY_LOCAL_PART
 from mailstack.sandbox import host as sandbox
 
 from .helpers import (
@@ -84,9 +86,15 @@ def test_verify_passes_every_check(deployed):
                      "mail from outside to the verify mailbox refused",
                      "message from 587 does not reveal the sender's computer",
                      "message from 465 does not reveal the sender's computer",
-                     "spam filter refuses GTUBE"):
+                     "spam filter refuses GTUBE", "brute-force ban jails active",
+                     "spam filter answers on the host", "verify mailbox locked again"):
         assert expected in names
     assert result.returncode == 0
+    # Between runs the verify mailbox has no password at all.
+    stored = testbed.exec_in(sandbox.CONTAINER, [
+        "mariadb", "-N", DB_NAME, "-e",
+        "SELECT password_hash FROM mailboxes WHERE local_part = '" + VERIFY_LOCAL_PART + "'"])
+    assert stored.stdout.strip() == storage_tool.VERIFY_LOCKED
 
 
 def test_second_deploy_changes_nothing(deployed):

@@ -39,8 +39,7 @@ def fake_secrets() -> Secrets:
         vault=None, root=Path("/nonexistent"),  # type: ignore[arg-type]
         site={"mariadb": {"postfix_password": "FAKE-postfix-pw",
                           "dovecot_password": "FAKE-dovecot-pw"},
-              "storage_passphrase": "FAKE-passphrase", "verify_password": "FAKE-verify",
-              "verify_password_hash": "{ARGON2ID}$argon2id$v=19$m=65536,t=3,p=1$FAKE$verify",
+              "storage_passphrase": "FAKE-passphrase",
               "relay_password": "FAKE-relay-pw", "spam_ui_password": "FAKE-ui-pw",
               "spam_ui_password_hash": "$1$FAKE$ui"},
         dkim={d: {"selector": "s2026", "private_key": f"-----FAKE KEY FOR {d}-----\n"}

@@ -53,7 +53,7 @@ def _rewrite(site_dir, name, change):
 @pytest.mark.parametrize("change,named", [
     (lambda d: d.pop("storage_passphrase"), "storage_passphrase is missing"),
     (lambda d: d["mariadb"].pop("postfix_password"), "mariadb.postfix_password is missing"),
-    (lambda d: d.update(verify_password=42), "verify_password is missing or empty"),
+    (lambda d: d.update(storage_passphrase=42), "storage_passphrase is missing or empty"),
 ])
 def test_a_damaged_site_secrets_file_is_named(cli, change, named):
     _rewrite(cli.site, SITE_FILE, change)

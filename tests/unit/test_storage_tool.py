@@ -318,3 +318,17 @@ def test_unban_takes_only_an_address_or_all(storage_conf, host_tool, given):
     proc = host_tool(storage_conf(), "unban", stdin=given + "\n")
     assert proc.returncode == ERROR
     assert json.loads(proc.stdout)["error"].startswith("not an IP address")
+
+
+@pytest.mark.parametrize("given", ["{ARGON2ID}$argon2id$v=19$m=65536,t=3,p=1$c2FsdA$aGFzaA'; DROP",
+                                   "x' OR '1'='1", "", "{PLAIN}secret"])
+def test_verify_login_takes_only_an_argon2_hash_or_off(storage_conf, host_tool, given):
+    """The hash reaches an SQL statement: anything else stops before it."""
+    proc = host_tool(storage_conf(), "verify-login", stdin=given + "\n")
+    assert proc.returncode == ERROR
+    assert json.loads(proc.stdout)["error"] == "not an {ARGON2ID} hash"
+
+
+def test_the_locked_marker_is_no_argon2_hash_and_fits_sql():
+    assert not tool.VERIFY_LOCKED.startswith("{ARGON2ID}")
+    assert "'" not in tool.VERIFY_LOCKED and "\\" not in tool.VERIFY_LOCKED

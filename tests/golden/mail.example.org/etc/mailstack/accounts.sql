@@ -37,7 +37,7 @@ ON DUPLICATE KEY UPDATE name = VALUES(name);
 INSERT INTO mailboxes (address, domain, local_part, password_hash, quota_bytes, enabled) VALUES
   ('alice@example.org', 'example.org', 'alice', '{ARGON2ID}$argon2id$v=19$m=65536,t=3,p=1$FAKE$alice', 0, TRUE),
   ('bob@example.net', 'example.net', 'bob', '{ARGON2ID}$argon2id$v=19$m=65536,t=3,p=1$FAKE$bob', 2147483648, TRUE),
-  ('mailstack-verify@example.org', 'example.org', 'mailstack-verify', '{ARGON2ID}$argon2id$v=19$m=65536,t=3,p=1$FAKE$verify', 10485760, TRUE)
+  ('mailstack-verify@example.org', 'example.org', 'mailstack-verify', '!locked: mailstack verify sets a one-time password for its run', 10485760, TRUE)
 ON DUPLICATE KEY UPDATE
   domain = VALUES(domain),
   local_part = VALUES(local_part),

@@ -3,6 +3,9 @@
 -- Database accounts with least privilege. Run as root over the unix socket,
 -- after schema.sql (the grants name its tables). Idempotent: creates missing
 -- accounts, resets their passwords and grants to exactly what is below.
+-- Kept on the host after it ran, root-only (0600 in a 0700 directory): it is the
+-- record of what was applied, which the next deploy compares. Its passwords are the
+-- ones Postfix's lookup tables and Dovecot's SQL settings hold anyway.
 
 -- What mysql_secure_installation does: no anonymous accounts, no root login
 -- from other hosts, no test database.
