@@ -53,6 +53,26 @@ RESOLVER_ADDRESS = "127.0.0.1"
 # Redis keeps the statistics, greylisting and rate-limit buckets.
 RSPAMD = {"proxy": "127.0.0.1:11332", "controller_socket": "/run/rspamd/controller.sock",
           "web_ui": "127.0.0.1:11334", "group": "_rspamd", "redis": "127.0.0.1:6379"}
+# ClamAV (options.antivirus: clamav): clamd on a local socket, which systemd's socket unit
+# holds (clamd starts on the first connection), asked by rspamd's antivirus module. Its
+# signature databases live in database_dir; it needs min_available_mib of RAM (the full
+# database loaded, reloads one at a time). Every file or unit named here is rendered or
+# managed from these values.
+CLAMAV = {
+    "socket": "/run/clamav/clamd.ctl",
+    "database_dir": "/var/lib/clamav",
+    "user": "clamav",
+    "daemon_unit": "clamav-daemon.service",
+    "socket_unit": "clamav-daemon.socket",
+    "updater_unit": "clamav-freshclam.service",
+    "min_available_mib": 1536,
+    # rspamd: the symbol a virus adds, and the one a failed scan adds (turned into 4xx).
+    "symbol": "CLAM_VIRUS",
+    "fail_symbol": "CLAM_VIRUS_FAIL",
+}
+# rspamd's settings that exist only with a virus scanner (removed when it is turned off).
+RSPAMD_ANTIVIRUS_FILES = ["/etc/rspamd/local.d/antivirus.conf",
+                          "/etc/rspamd/local.d/force_actions.conf"]
 # Global Sieve scripts (Junk filing, learning) and the programs they may pipe mail to.
 SIEVE_DIR = "/etc/dovecot/sieve"
 SIEVE_PIPE_DIR = "/etc/dovecot/sieve-pipe"
@@ -78,6 +98,20 @@ def postfix_network(network: str) -> str:
     """Postfix writes IPv6 networks with the address in brackets: [::1]/128."""
     address, _, length = network.partition("/")
     return f"[{address}]/{length}" if ":" in address else network
+
+
+def antivirus_context(cfg: SiteConfig) -> dict[str, Any]:
+    """The virus scanner's settings. scan_limit: the largest message clamd takes whole
+    (rspamd sends it in one stream): the message size limit plus room for the headers
+    Postfix and rspamd add, so that no message Postfix accepts is too large to scan."""
+    enabled = cfg.options.antivirus == "clamav"
+    return {
+        "engine": cfg.options.antivirus,
+        "enabled": enabled,
+        **CLAMAV,
+        "scan_limit": cfg.options.message_size_limit + 1024**2,
+        "rspamd_files": list(RSPAMD_ANTIVIRUS_FILES),
+    }
 
 
 def verify_address(cfg: SiteConfig) -> str:
@@ -120,6 +154,9 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
         "local_part": VERIFY_LOCAL_PART, "password_hash": storage_tool.VERIFY_LOCKED,
         "quota_bytes": 10 * 1024**2,
     })
+    antivirus = antivirus_context(cfg)
+    status_services = [*STATUS_SERVICES,
+                       *([CLAMAV["daemon_unit"].removesuffix(".service")] if antivirus["enabled"] else [])]
     return {
         "managed_header": MANAGED_HEADER,
         "host": {"name": host.name, "hostname": cfg.hostname, "ssh_port": host.ssh_port},
@@ -184,6 +221,7 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
             "sieve_dir": SIEVE_DIR,
             "sieve_pipe_dir": SIEVE_PIPE_DIR,
         },
+        "antivirus": antivirus,
         "mail": {
             "domains": domains,
             "primary_domain": cfg.primary_domain,
@@ -237,7 +275,7 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
             "conf_file": storage_tool.CONF,
             "lmtp_socket": f"{POSTFIX_QUEUE_DIR}/{LMTP_SOCKET}",
             "bound_services": list(STORE_BOUND_SERVICES),
-            "status_services": list(STATUS_SERVICES),
+            "status_services": status_services,
         },
         "accounts": {
             "domains": domains,
@@ -269,6 +307,9 @@ def host_vars(context: dict[str, Any]) -> dict[str, Any]:
         "mailstack_spam_group": context["spam"]["group"],
         "mailstack_db_name": context["db"]["name"],
         "mailstack_lmtp_socket": storage["lmtp_socket"],
+        "mailstack_antivirus": {k: context["antivirus"][k] for k in (
+            "enabled", "socket", "database_dir", "user", "daemon_unit", "socket_unit",
+            "updater_unit", "min_available_mib", "rspamd_files")},
         "mailstack_storage": {k: storage[k] for k in (
             "encryption", "root", "cipher_dir", "mount_unit", "tool", "conf_file",
             "bound_services")},

@@ -80,6 +80,20 @@ def _host_vars_file(context: dict[str, Any]) -> RenderedFile:
     return RenderedFile(PurePosixPath(HOST_VARS_FILE), header + body, False)
 
 
+# Files that exist only with the virus scanner (options.antivirus): clamd's settings, its
+# units' drop-ins, rspamd's antivirus module.
+ANTIVIRUS_PREFIXES = ("etc/clamav/", "etc/systemd/system/clamav-daemon.")
+
+
+def _wanted(target: str, context: dict[str, Any]) -> bool:
+    """Whether a template's file belongs to this host: some exist only with an option."""
+    if target == "etc/postfix/sasl_passwd":
+        return context["mail"]["relay"] is not None
+    if target.startswith(ANTIVIRUS_PREFIXES) or f"/{target}" in context["antivirus"]["rspamd_files"]:
+        return context["antivirus"]["enabled"]
+    return True
+
+
 def render_host(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> list[RenderedFile]:
     context = build_context(cfg, secrets, host)
     env = environment()
@@ -87,7 +101,7 @@ def render_host(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> list[Rend
              RenderedFile(STORAGE_TOOL_FILE, Path(storage_tool.__file__).read_text(), False)]
     for name in sorted(env.list_templates(filter_func=lambda n: n.endswith(".j2"))):
         target = PurePosixPath(name.removesuffix(".j2"))
-        if str(target) == "etc/postfix/sasl_passwd" and context["mail"]["relay"] is None:
+        if not _wanted(str(target), context):
             continue
         content = env.get_template(name).render(context)
         files.append(RenderedFile(target, content, str(target) in SECRET_FILES))

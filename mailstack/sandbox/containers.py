@@ -121,10 +121,11 @@ def install_pubkey(name: str, ssh_pubkey: str) -> None:
 
 def start_host(name: str, image: str, *, hostname: str, network: str | None = None,
                ssh_pubkey: str | None = None, labels: dict[str, str] | None = None,
-               cap_add: tuple[str, ...] = ()) -> Host:
+               cap_add: tuple[str, ...] = (), memory: str | None = None) -> Host:
     """Start a systemd container with TESTBED.md's flags, wait for boot, return its address.
     cap_add: more capabilities, e.g. NET_ADMIN for a host that loads its own firewall (a KVM
-    VPS has it; the sandbox without it stays a valid case)."""
+    VPS has it; the sandbox without it stays a valid case). memory: a limit like "1g" (and
+    no swap beyond it), a small VPS."""
     if container_state(name) is not None:
         raise SandboxError(f"container {name} already exists; remove it with `docker rm -f {name}`")
     args = ["run", "-d", "--name", name, "--hostname", hostname, "--label", MANAGED_LABEL]
@@ -134,6 +135,8 @@ def start_host(name: str, image: str, *, hostname: str, network: str | None = No
         args += ["--network", network]
     for cap in cap_add:
         args += ["--cap-add", cap]
+    if memory:
+        args += ["--memory", memory, "--memory-swap", memory]
     args += [*RUN_FLAGS, image, SYSTEMD]
     docker(*args, timeout=120)
     wait_for_systemd(name)

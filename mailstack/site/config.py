@@ -282,6 +282,11 @@ class Spam(_Strict):
         return self
 
 
+# Virus scanning: none, or ClamAV's clamd asked by rspamd for every message. Off by default:
+# clamd with the full signature database holds about 1-1.3 GiB of RAM.
+Antivirus = Literal["none", "clamav"]
+
+
 class Options(_Strict):
     message_size_limit: MessageSize = 50 * 1024**2
     relay: Relay | None = None
@@ -292,6 +297,7 @@ class Options(_Strict):
     spam: Spam = Spam()
     blocklists: Blocklists = Blocklists()
     resolver: Resolver = Resolver()
+    antivirus: Antivirus = "none"
 
 
 class User(_Strict):

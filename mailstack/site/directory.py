@@ -262,6 +262,13 @@ options:
   resolver:
     forward_to: []
     dnssec: true
+
+  # Virus scanning: none, or clamav (ClamAV's clamd, asked by rspamd about every message:
+  # a virus is refused at SMTP time; while clamd cannot answer, senders get 4xx and retry).
+  # clamd keeps its signatures in memory (about 1-1.3 GiB): deploy refuses clamav on a host
+  # with less than 1.5 GiB available. freshclam fetches the signatures from
+  # database.clamav.net (HTTPS).
+  antivirus: none
 """
 
 

@@ -238,3 +238,27 @@ def test_dovecot_sql_auth_accepts_the_argon2id_hash(host):
     assert "auth succeeded" in good.stdout
     bad = run(host, "doveadm", "auth", "test", "alice@example.org", PASSWORD + "x")
     assert bad.returncode != 0 and "auth failed" in bad.stdout
+
+
+# Last: it adds the virus scanner's files (options.antivirus: clamav) to the host.
+ANTIVIRUS_GOLDEN = Path(__file__).parent.parent / "golden" / "antivirus"
+
+
+def test_clamd_and_rspamd_accept_the_antivirus_settings(host):
+    subprocess.run(["docker", "cp", f"{ANTIVIRUS_GOLDEN}/.", f"{host}:/"], check=True)
+    clamconf = run(host, "clamconf", "-c", "/etc/clamav")
+    # clamconf's exit status stays 0 on a bad line; it prints "ERROR: …".
+    assert clamconf.returncode == 0 and "ERROR" not in clamconf.stdout + clamconf.stderr, (
+        clamconf.stdout + clamconf.stderr)
+    assert "StreamMaxLength = \"53477376\"" in clamconf.stdout or "53477376" in clamconf.stdout, (
+        clamconf.stdout)
+    proc = run(host, "rspamadm", "configtest")
+    assert proc.returncode == 0 and "syntax OK" in proc.stdout, proc.stdout + proc.stderr
+    antivirus = run(host, "rspamadm", "configdump", "antivirus").stdout
+    assert 'servers = "/run/clamav/clamd.ctl"' in antivirus and 'action = "reject"' in antivirus, antivirus
+    force = run(host, "rspamadm", "configdump", "force_actions").stdout
+    assert 'action = "soft reject"' in force and 'expression = "CLAM_VIRUS_FAIL"' in force, force
+    for unit in ("clamav-daemon.service", "clamav-daemon.socket"):
+        run(host, "systemctl", "daemon-reload")
+        verify = run(host, "systemd-analyze", "verify", unit)
+        assert "mailstack.conf" not in verify.stdout + verify.stderr, verify.stdout + verify.stderr

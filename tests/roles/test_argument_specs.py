@@ -23,7 +23,7 @@ ONLY_ALWAYS = "mailstack-no-such-tag"
 # refer to them.
 RENDERED_FACTS = REPO / "tests" / "golden" / HOST / "mailstack_vars.yml"
 ROLES = ("common", "resolver", "tls", "mariadb", "opendkim", "rspamd", "storage", "dovecot", "postfix",
-         "fail2ban")
+         "fail2ban", "clamav")
 
 
 def _ansible_playbook() -> str:
@@ -120,6 +120,8 @@ STORE = ("{encryption: gocryptfs, root: /var/mail/vhosts, cipher_dir: /var/mail/
         ("storage", "storage__packages_by_method", "{gocryptfs: [gocryptfs], encfs: [encfs]}"),
         ("common", "common__debconf_selections",
          "[{name: postfix, question: q, vtype: select}]"),
+        ("clamav", "clamav__min_available_mib", "lots"),
+        ("clamav", "clamav__debconf_selections", "[{name: clamav-daemon, question: q}]"),
     ],
 )
 def test_role_refuses_a_mistyped_input(tmp_path: Path, role: str, variable: str,

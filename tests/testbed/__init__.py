@@ -109,11 +109,19 @@ STACK_PACKAGES: tuple[str, ...] = (
     "redis-server",
     "dovecot-sieve",
     "dovecot-managesieved",
+    "clamav-daemon",
+    "clamav-freshclam",
 )
 # Off until a deploy configures them, as every service the roles start: Debian's defaults
 # enable an sshd jail reading /var/log/auth.log, which these hosts (no rsyslog) lack;
 # unbound listens on ::1 and Redis maps a user namespace, neither of which a container has.
-STACK_SETUP: tuple[str, ...] = ("systemctl disable --now --quiet fail2ban unbound redis-server",)
+# ClamAV (options.antivirus, off by default) stays off too, and without signatures: freshclam
+# reaches no mirror from here, and a test that turns the scanner on seeds its own.
+STACK_SETUP: tuple[str, ...] = (
+    "systemctl disable --now --quiet fail2ban unbound redis-server",
+    "systemctl disable --now --quiet clamav-freshclam clamav-daemon.socket clamav-daemon",
+    "find /var/lib/clamav -mindepth 1 -delete",
+)
 # Postfix asks a question at install time; "No configuration" leaves main.cf to us.
 STACK_DEBCONF = "postfix postfix/main_mailer_type select No configuration\n"
 # ssl-cert (pulled in by postfix/dovecot-core) makes a "snakeoil" key and cert at

@@ -144,6 +144,12 @@ def test_all_problems_reported_at_once(tmp_path):
          "options.blocklists.allow[0] (line 14): must be an IP address or network"),
         (("25M", "25M\n  resolver:\n    forward_to: [dns.example.org]"),
          "options.resolver.forward_to[0] (line 14): must be an IP address"),
+        (("25M", "25M\n  antivirus: clamv"),
+         "options.antivirus (line 13): must be 'none' or 'clamav' (got 'clamv')"),
+        (("25M", "25M\n  antivirus: true"),
+         "options.antivirus (line 13): must be 'none' or 'clamav' (got True)"),
+        (("25M", "25M\n  antivirus: {engine: clamav}"),
+         "options.antivirus (line 13): must be 'none' or 'clamav'"),
     ],
 )
 def test_rule_violations_name_the_field_and_the_fix(tmp_path, edit, expected):
@@ -186,3 +192,9 @@ def test_bans_take_their_defaults_and_normalise_networks(tmp_path):
         True, 5, "10m", "1h", [])
     cfg = load(tmp_path, VALID.replace("25M", "25M\n  bans:\n    ignore: [192.0.2.7/24, 2001:DB8::1]")).model
     assert cfg.options.bans.ignore == ["192.0.2.0/24", "2001:db8::1/128"]
+
+
+def test_antivirus_is_off_unless_asked_for(tmp_path):
+    assert load(tmp_path, VALID).model.options.antivirus == "none"
+    cfg = load(tmp_path, VALID.replace("25M", "25M\n  antivirus: clamav")).model
+    assert cfg.options.antivirus == "clamav"

@@ -185,3 +185,53 @@ def test_anvil_limits_and_their_exempt_addresses():
     assert "smtpd_client_auth_rate_limit = 4\n" in main_cf
     assert ("smtpd_client_event_limit_exceptions = $mynetworks 192.0.2.10/32 "
             "[2001:db8::]/32\n") in main_cf
+
+
+ANTIVIRUS_GOLDEN = GOLDEN / "antivirus"
+ANTIVIRUS_FILES = {
+    "etc/clamav/clamd.conf",
+    "etc/rspamd/local.d/antivirus.conf",
+    "etc/rspamd/local.d/force_actions.conf",
+    "etc/systemd/system/clamav-daemon.service.d/mailstack.conf",
+    "etc/systemd/system/clamav-daemon.socket.d/mailstack.conf",
+}
+
+
+def with_antivirus(cfg: SiteConfig = CONFIG) -> SiteConfig:
+    return cfg.model_copy(update={"options": cfg.options.model_copy(update={"antivirus": "clamav"})})
+
+
+def test_antivirus_files_exist_only_with_the_option_and_match_their_golden_files():
+    off = {str(f.path): f.content for f in render_host(CONFIG, fake_secrets(), HOST)}
+    assert not ANTIVIRUS_FILES & set(off)
+    on = {str(f.path): f.content for f in render_host(with_antivirus(), fake_secrets(), HOST)}
+    assert set(on) - set(off) == ANTIVIRUS_FILES
+    if os.environ.get("UPDATE_GOLDEN"):
+        for path in ANTIVIRUS_FILES:
+            (ANTIVIRUS_GOLDEN / path).parent.mkdir(parents=True, exist_ok=True)
+            (ANTIVIRUS_GOLDEN / path).write_text(on[path])
+    assert {str(p.relative_to(ANTIVIRUS_GOLDEN)) for p in ANTIVIRUS_GOLDEN.rglob("*")
+            if p.is_file()} == ANTIVIRUS_FILES
+    for path in ANTIVIRUS_FILES:
+        assert (ANTIVIRUS_GOLDEN / path).read_text() == on[path], f"{path} differs from golden"
+    # `mailstack status` shows clamd; the roles learn that it is on.
+    assert '"clamav-daemon"' in on["etc/mailstack/storage.json"]
+    assert '"clamav-daemon"' not in off["etc/mailstack/storage.json"]
+    assert "  enabled: true\n" in on["mailstack_vars.yml"].split("mailstack_antivirus:")[1]
+
+
+def test_clamd_takes_every_message_postfix_accepts():
+    """rspamd streams whole messages to clamd: a message Postfix accepts must never be too
+    large for clamd (it would be answered 4xx for ever) nor skipped by rspamd."""
+    cfg = with_antivirus(CONFIG.model_copy(update={"options": CONFIG.options.model_copy(
+        update={"message_size_limit": 100 * 1024**2})}))
+    files = {str(f.path): f.content for f in render_host(cfg, fake_secrets(), HOST)}
+    limit = 100 * 1024**2
+    clamd = dict(line.split(" ", 1) for line in files["etc/clamav/clamd.conf"].splitlines()
+                 if line and not line.startswith("#"))
+    assert int(clamd["StreamMaxLength"]) > limit
+    assert int(clamd["MaxFileSize"]) == int(clamd["StreamMaxLength"])
+    assert f"max_size = {clamd['StreamMaxLength']};" in files["etc/rspamd/local.d/antivirus.conf"]
+    assert clamd["LocalSocket"] in files["etc/rspamd/local.d/antivirus.conf"]
+    assert f"ListenStream={clamd['LocalSocket']}" in files[
+        "etc/systemd/system/clamav-daemon.socket.d/mailstack.conf"]
