@@ -161,11 +161,14 @@ def p95(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))]
 
 
-def deploy(server_ip: str, key: Path, workdir: Path) -> Path:
+def deploy(server_ip: str, client_ip: str, key: Path, workdir: Path) -> Path:
     site = new_site(workdir / "site", server_ip, key, USER)
-    # Every message scanned in full and delivered to the INBOX, where it is counted.
+    # Every message scanned in full and delivered to the INBOX, where it is counted. The
+    # client is a trusted neighbour (options.bans.ignore): its thousands of connections a
+    # minute are the load, not an attack for anvil's per-client limits.
     config = site / "mailstack.yml"
-    config.write_text(config.read_text().replace("    junk_score: 6\n", "    junk_score: 14\n"))
+    text = config.read_text().replace("    junk_score: 6\n", "    junk_score: 14\n")
+    config.write_text(text.replace("    ignore: []\n", f"    ignore: [{client_ip}]\n", 1))
     print(f"deployed in {mailstack(site, 'deploy'):.0f} s", flush=True)
     return site
 
@@ -194,9 +197,10 @@ def main() -> int:
     try:
         host = testbed.start_host(server, image, hostname=f"mail.{DOMAIN}", network=NETWORK,
                                   ssh_pubkey=key.with_suffix(".pub").read_text())
-        testbed.start_host(client, image, hostname=f"client.{DOMAIN}", network=NETWORK)
+        client_host = testbed.start_host(client, image, hostname=f"client.{DOMAIN}",
+                                         network=NETWORK)
         with tempfile.TemporaryDirectory(prefix="mailstack-bench-") as tmp:
-            site = deploy(host.ip, key, Path(tempfile.mkdtemp(prefix="mailstack-bench-site-")
+            site = deploy(host.ip, client_host.ip, key, Path(tempfile.mkdtemp(prefix="mailstack-bench-site-")
                                               if args.keep else tmp))
             passphrase = Site(site).secrets.site["storage_passphrase"]
             for i in range(args.rounds):

@@ -159,7 +159,8 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
                        *([CLAMAV["daemon_unit"].removesuffix(".service")] if antivirus["enabled"] else [])]
     return {
         "managed_header": MANAGED_HEADER,
-        "host": {"name": host.name, "hostname": cfg.hostname, "ssh_port": host.ssh_port},
+        "host": {"name": host.name, "hostname": cfg.hostname, "ssh_port": host.ssh_port,
+                 "ssh_harden": cfg.options.ssh.harden},
         "ports": dict(MAIL_PORTS),
         # The port this host is reached on for SSH is always open: a ruleset without it would
         # lock out every later deploy and `mailstack unlock`.
@@ -296,6 +297,7 @@ def host_vars(context: dict[str, Any]) -> dict[str, Any]:
     return {
         "mailstack_hostname": context["host"]["hostname"],
         "mailstack_ssh_port": context["host"]["ssh_port"],
+        "mailstack_ssh_harden": context["host"]["ssh_harden"],
         "mailstack_firewall_tcp_ports": list(context["firewall"]["tcp_ports"]),
         "mailstack_bans_enabled": context["bans"]["enabled"],
         "mailstack_postfix_instance_service": POSTFIX_INSTANCE_UNIT,

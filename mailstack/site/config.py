@@ -194,6 +194,13 @@ class Bans(_Strict):
     ignore: list[Annotated[str, BeforeValidator(_network)]] = []
 
 
+class Ssh(_Strict):
+    """The host's SSH server. harden: logins by key only (mailstack's own always use one),
+    root by key only, no X11 forwarding. New sites get true from `init`."""
+
+    harden: bool = False
+
+
 class Limits(_Strict):
     """What one client address may do on the SMTP ports, counted by Postfix's anvil over a
     minute; past it the client gets 421 and comes back later. Loopback and the addresses
@@ -294,6 +301,7 @@ class Options(_Strict):
     storage: Storage = Storage()
     bans: Bans = Bans()
     limits: Limits = Limits()
+    ssh: Ssh = Ssh()
     spam: Spam = Spam()
     blocklists: Blocklists = Blocklists()
     resolver: Resolver = Resolver()

@@ -230,6 +230,11 @@ options:
     ban_time: 1h
     ignore: []
 
+  # The host's SSH server: harden allows logins by key only (mailstack's own always use
+  # one) and no X11 forwarding; false leaves sshd's settings as they are.
+  ssh:
+    harden: true
+
   # What one address may do on the SMTP ports (Postfix's anvil): connections open at once,
   # new connections and AUTH commands per minute. Past a limit it gets 421 and retries.
   limits:

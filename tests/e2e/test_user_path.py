@@ -97,6 +97,22 @@ def test_verify_passes_every_check(deployed):
     assert stored.stdout.strip() == storage_tool.VERIFY_LOCKED
 
 
+def test_ssh_takes_keys_only(deployed):
+    """options.ssh.harden (on in a new site): sshd offers public keys and nothing else, and
+    the deploy that set it (by key) goes on working."""
+    ip = sandbox.sandbox_status().ip
+    tried = subprocess.run(["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+                            "-o", "UserKnownHostsFile=/dev/null", "-o", "IdentitiesOnly=yes",
+                            "-o", "IdentityFile=/dev/null", "-o", "ConnectTimeout=10",
+                            f"root@{ip}", "true"], capture_output=True, text=True, timeout=30)
+    assert tried.returncode == 255
+    assert "Permission denied (publickey)." in tried.stderr, tried.stderr
+    effective = testbed.exec_in(sandbox.CONTAINER, ["/usr/sbin/sshd", "-T"]).stdout
+    for line in ("passwordauthentication no", "kbdinteractiveauthentication no",
+                 "x11forwarding no", "permitrootlogin without-password"):
+        assert line in effective.splitlines(), line
+
+
 def test_second_deploy_changes_nothing(deployed):
     result = mailstack(deployed, "deploy")
     assert result.returncode == 0, result.stdout + result.stderr

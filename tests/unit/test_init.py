@@ -122,3 +122,13 @@ def test_vault_password_file_override(runner, tmp_path, monkeypatch):
     result = runner.invoke(app, ["--site", str(site), "domain", "list"])
     assert result.exit_code == 0, result.output
     assert "example.org" in result.output
+
+
+def test_a_new_site_hardens_ssh(site_dir):
+    from mailstack.site.config import SiteConfig
+    from mailstack.site.directory import Site
+
+    assert Site(site_dir).config.options.ssh.harden is True
+    assert SiteConfig.model_validate({"hostname": "mail.example.org", "domains": ["example.org"],
+                                      "admin_email": "postmaster@example.org"}
+                                     ).options.ssh.harden is False

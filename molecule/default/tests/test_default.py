@@ -165,9 +165,13 @@ def test_host_resolves_through_its_own_unbound(host):
 
 
 def test_rspamd_answers_and_refuses_gtube(host):
+    """Through the controller's socket (root may); its port wants the web password."""
     gtube = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
-    out = sh(host, "printf 'Subject: t\\n\\n%%s\\n' %s | rspamc -h 127.0.0.1:11334", gtube)
+    out = sh(host, "printf 'Subject: t\\n\\n%%s\\n' %s | rspamc -h /run/rspamd/controller.sock",
+             gtube)
     assert "Action: reject" in out, out
+    refused = host.run("rspamc -h 127.0.0.1:11334 stat")
+    assert "401" in refused.stdout + refused.stderr
 
 
 def test_global_sieve_scripts_are_compiled(host):
