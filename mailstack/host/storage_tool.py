@@ -292,9 +292,10 @@ def cmd_unban(c):
             wanted = str(ipaddress.ip_address(wanted))
         except ValueError:
             fail(f"not an IP address: {wanted!r}")
-    if jails() is None:
+    before = jails()
+    if before is None:
         fail("fail2ban is not running here (options.bans.enabled is false?)")
-    banned_before = sum(n or 0 for n in jails().values())
+    banned_before = sum(n or 0 for n in before.values())
     proc = run(["fail2ban-client", "unban", "--all"] if wanted == "all"
                else ["fail2ban-client", "unban", wanted])
     if proc.returncode != 0:
