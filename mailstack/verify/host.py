@@ -44,12 +44,11 @@ def host_checks(site: Site, host: InventoryHost, rec: Records) -> None:
                       ("resolver", "host's resolver resolves its own name")):
         value = data.get(key)
         rec.record(name, value == "ok", "ok" if value == "ok" else str(value))
-    patterns = {dl.zone: dl.answers for dl in options.blocklists.lists}
     found = data.get("blocklists") or {}
     for dl in options.blocklists.lists:
         if dl.weight <= 0:
             continue
-        works, said = (judge(dl.zone, patterns[dl.zone], found[dl.zone]) if dl.zone in found
+        works, said = (judge(dl.zone, dl.answers, found[dl.zone]) if dl.zone in found
                        else (False, f"{dl.zone}: the host did not ask it (deploy first)"))
         rec.record(f"DNS blocklist {dl.zone} answers", works, said)
 
