@@ -49,7 +49,7 @@ app = typer.Typer(
 )
 # In the order `mailstack --help` lists them: the site, its files, the hosts, day 2.
 for command in (init.init, build.render, build.deploy, probe.verify, probe.dns, storage.unlock,
-                storage.status, storage.unban):
+                storage.lock, storage.status, storage.unban):
     app.command()(command)
 app.add_typer(accounts.user_app, name="user")
 app.add_typer(accounts.alias_app, name="alias")

@@ -1,4 +1,4 @@
-"""`mailstack unlock`, `status` and `unban`: day-2 commands run on each host over SSH."""
+"""`mailstack unlock`, `lock`, `status` and `unban`: day-2 commands run on each host over SSH."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def unlock(
     ] = False,
 ) -> None:
     """Unlock the encrypted mail store after a reboot: mount it, start Dovecot, deliver the
-    mail that waited in the queue."""
+    mail sealed while it was locked and the mail that waited in the queue."""
     from mailstack.deploy.storage import unlock as run_unlock
 
     site = opts(ctx).site()
@@ -28,11 +28,38 @@ def unlock(
         secret = sys.stdin.readline().rstrip("\r\n")
         if not secret:
             raise MailstackError("--passphrase-stdin: standard input was empty")
+    stuck = False
     for r in run_unlock(site, host, secret):
         d = r.data
         state = "was already unlocked" if d.get("already_unlocked") else "unlocked"
         typer.echo(f"{r.host}: {state}; delivered {d.get('delivered', 0)} queued message(s)"
                    f"{_still(d)}")
+        if d.get("still_sealed"):
+            stuck = True
+            typer.echo(f"{r.host}: {d['still_sealed']} message(s) sealed while locked could "
+                       "not be handed back to Postfix yet; they are kept: "
+                       + "; ".join(d.get("unseal_errors") or ["see journalctl -u postfix@-"])
+                       + ". Run `mailstack unlock` again once that is fixed.", err=True)
+    if stuck:
+        raise typer.Exit(1)
+
+
+def lock(
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Argument(help="Only this host (default: all).")] = None,
+) -> None:
+    """Lock the encrypted mail store now, as a reboot would (before maintenance, or before
+    someone else gets the disk): stop Dovecot, unmount, seal the mail waiting in the queue.
+    Mail keeps arriving and is sealed until `mailstack unlock`."""
+    from mailstack.deploy.storage import lock as run_lock
+
+    site = opts(ctx).site()
+    if site.config.options.storage.encryption == "none":
+        raise MailstackError("options.storage.encryption is none: there is no store to lock")
+    for r in run_lock(site, host):
+        d = r.data
+        state = "was already locked" if d.get("already_locked") else "locked"
+        typer.echo(f"{r.host}: {state}; sealed {d.get('sealed', 0)} message(s) from the queue")
 
 
 def _still(data: dict) -> str:
@@ -40,7 +67,7 @@ def _still(data: dict) -> str:
 
 
 def status(ctx: typer.Context) -> None:
-    """Per host: store locked/unlocked, services, queue size."""
+    """Per host: store locked/unlocked, services, queue size, mail sealed while locked."""
     from mailstack.deploy.storage import status as run_status
 
     site = opts(ctx).site()
@@ -50,8 +77,9 @@ def status(ctx: typer.Context) -> None:
         lock = ("LOCKED (run `mailstack unlock`)" if store["locked"] else
                 "unlocked" if store["encryption"] != "none" else "not encrypted")
         services = ", ".join(f"{k} {v}" for k, v in r.data["services"].items())
+        sealed = f"sealed {r.data['sealed']}; " if "sealed" in r.data else ""
         typer.echo(f"{r.host}: storage {store['encryption']} {lock}; queue {r.data['queue']}; "
-                   f"{services}")
+                   f"{sealed}{services}")
         for line in checks_lines(r.data, lists):
             typer.echo(f"  {line}")
 

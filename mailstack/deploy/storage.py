@@ -1,4 +1,4 @@
-"""`mailstack unlock` and `mailstack status`: the encrypted store of each host, over SSH.
+"""`mailstack unlock`, `lock` and `status`: the encrypted store of each host, over SSH.
 
 The passphrase travels only on SSH's stdin to the host's storage tool, which pipes it to
 gocryptfs/EncFS: never an argument, never a file on the server, never logged.
@@ -32,6 +32,17 @@ def unlocked(result: ToolResult) -> ToolResult:
     if result.code != 0 or not result.data.get("ok"):
         raise MailstackError(f"{result.host}: unlock failed: {result.data.get('error')}")
     return result
+
+
+def lock(site: Site, host: str | None = None) -> list[ToolResult]:
+    """Stop Dovecot, unmount the store, seal what waits in Postfix's queue, on each host."""
+    results = []
+    for h in hosts(site, host):
+        result = run_tool(site, h, "lock", timeout=300)
+        if not result.data.get("ok"):
+            raise MailstackError(f"{result.host}: lock failed: {result.data.get('error')}")
+        results.append(result)
+    return results
 
 
 def status(site: Site, host: str | None = None) -> list[ToolResult]:

@@ -7,9 +7,11 @@ storage role). Run by `mailstack unlock` / `mailstack status` over SSH, and by t
                                      mail still to migrate
   mailstack-storage init             create the encrypted store (passphrase on stdin)
   mailstack-storage mount            mount it (passphrase on stdin), nothing else
-  mailstack-storage unlock           mount it (passphrase on stdin), start Dovecot,
-                                     flush the Postfix queue, report what was delivered
-  mailstack-storage lock             stop Dovecot and unmount
+  mailstack-storage unlock           mount it (passphrase on stdin), start Dovecot, hand
+                                     the mail sealed while locked back to Postfix, flush
+                                     the Postfix queue, report what was delivered
+  mailstack-storage lock             stop Dovecot, unmount, let the sealer take Dovecot's
+                                     LMTP socket and seal what waits in Postfix's queue
   mailstack-storage status           JSON: store, services, queue size, the ban jails, whether
                                      the spam filter, the resolver and the DNS lists answer
   mailstack-storage unban            lift fail2ban's bans of one address (on stdin), or of
@@ -171,6 +173,18 @@ def do_mount(c, secret):
         fail("mount failed: " + text)
 
 
+def sealer(c, verb):
+    """Run mailstack-sealer (see there): its JSON answer; a failure ends this command."""
+    proc = run([c["sealing"]["tool"], verb])
+    try:
+        answer = json.loads(proc.stdout)
+    except ValueError:
+        answer = {"ok": False, "error": (proc.stderr or proc.stdout).strip()}
+    if not answer.get("ok") and verb != "drain":
+        fail(f"mailstack-sealer {verb}: {answer.get('error')}")
+    return answer
+
+
 def wrong_passphrase(encryption, returncode, output):
     """Whether a failed mount was refused for its passphrase: gocryptfs exits 12 on a wrong
     password; EncFS says so in its output ("Error decoding volume key, password incorrect")."""
@@ -193,6 +207,7 @@ def cmd_unlock(c):
     already = mounted(c["root"])
     if not already:
         do_mount(c, secret)
+    sealer(c, "key")
     before = queue_size()
     start = run(["systemctl", "start", *c["bound_services"]])
     if start.returncode != 0:
@@ -202,33 +217,52 @@ def cmd_unlock(c):
     deadline = time.monotonic() + float(os.environ.get("MAILSTACK_FLUSH_WAIT", "30"))
     while not os.path.exists(c["lmtp_socket"]) and time.monotonic() < deadline:
         time.sleep(0.2)
+    unsealed = sealer(c, "drain")
     after = queue_size()
-    last_flush = 0.0
+    last_flush, at_last_flush, stalled = 0.0, None, 0
     while after and time.monotonic() < deadline:
         if time.monotonic() - last_flush >= 3:
+            # Two flushes that delivered nothing: what is left waits for another server
+            # (outbound mail deferred by its destination), not for Dovecot.
+            stalled = stalled + 1 if at_last_flush is not None and after >= at_last_flush else 0
+            if stalled >= 2:
+                break
             run(["postqueue", "-f"])
-            last_flush = time.monotonic()
+            last_flush, at_last_flush = time.monotonic(), after
         time.sleep(0.5)
         after = queue_size()
+    # Sealed mail joined the queue (once each) and left it with the rest.
+    before += unsealed.get("delivered", 0)
     print(json.dumps({"ok": True, "already_unlocked": already, "queued_before": before,
-                      "delivered": max(before - after, 0), "still_queued": after}))
+                      "delivered": max(before - after, 0), "still_queued": after,
+                      "still_sealed": unsealed.get("still_sealed", 0),
+                      "unseal_errors": unsealed.get("errors", [])}))
 
 
 def cmd_mount(c):
     if not mounted(c["root"]):
         do_mount(c, passphrase())
+    sealer(c, "key")
     print(json.dumps({"ok": True, "mounted": True}))
 
 
 def cmd_lock(c):
-    if not mounted(c["root"]):
-        print(json.dumps({"ok": True, "already_locked": True}))
-        return
-    run(["systemctl", "stop", *c["bound_services"]])
-    proc = run(["fusermount", "-u", c["root"]])
-    if proc.returncode != 0:
-        fail("unmount failed: " + proc.stderr.strip())
-    print(json.dumps({"ok": True, "locked": True}))
+    if c["encryption"] == "none":
+        fail("storage.encryption is none: there is nothing to lock")
+    already = not mounted(c["root"])
+    if not already:
+        run(["systemctl", "stop", *c["bound_services"]])
+        proc = run(["fusermount", "-u", c["root"]])
+        if proc.returncode != 0:
+            fail("unmount failed: " + proc.stderr.strip())
+    # From now on Postfix's LMTP deliveries reach the sealer; what waits in the queue
+    # (deferred while Dovecot stopped, outbound mail a remote server deferred) is sealed too.
+    start = run(["systemctl", "start", c["sealing"]["socket_unit"]])
+    if start.returncode != 0:
+        fail("locked, but the sealer did not start: " + start.stderr.strip())
+    sealed = sealer(c, "queue")
+    print(json.dumps({"ok": True, "locked": True, "already_locked": already,
+                      "sealed": sealed["sealed"]}))
 
 
 def jails():
@@ -278,8 +312,17 @@ def cmd_status(c):
         checks["resolver"] = answers(["getent", "ahosts", c["hostname"]])
     if c.get("blocklists"):
         checks["blocklists"] = blocklist_answers(c["blocklists"])
+    if c["encryption"] != "none":
+        checks["sealed"] = sealed_count(c)
     print(json.dumps({"ok": True, "storage": state(c), "services": services,
                       "queue": queue_size(), **checks}))
+
+
+def sealed_count(c):
+    try:
+        return len([n for n in os.listdir(c["sealing"]["dir"]) if n.endswith(".age")])
+    except FileNotFoundError:
+        return 0
 
 
 def cmd_unban(c):

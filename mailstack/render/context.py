@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from mailstack.errors import ConfigError
-from mailstack.host import storage_tool
+from mailstack.host import sealer, storage_tool
 from mailstack.site.config import RESERVED_LOCAL_PART, SiteConfig
 from mailstack.site.inventory import InventoryHost
 
@@ -39,6 +39,8 @@ DB_NAME = "mailstack"
 POSTFIX_QUEUE_DIR = "/var/spool/postfix"
 LMTP_SOCKET = "private/dovecot-lmtp"  # relative to Postfix's queue directory (its chroot)
 AUTH_SOCKET = "private/auth"
+SEALER_UNIT = "mailstack-sealer"
+SEALER_QUEUE_UNIT = "mailstack-seal-queue.service"
 # The ports the mail services listen on, open in the firewall with the host's SSH port.
 MAIL_PORTS = {"smtp": 25, "submissions": 465, "submission": 587, "imaps": 993, "sieve": 4190}
 # The clients trusted as "this host" (Postfix's mynetworks, rspamd's local_addrs): loopback
@@ -277,6 +279,25 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
             "lmtp_socket": f"{POSTFIX_QUEUE_DIR}/{LMTP_SOCKET}",
             "bound_services": list(STORE_BOUND_SERVICES),
             "status_services": status_services,
+            "postfix_queue_dir": POSTFIX_QUEUE_DIR,
+            # Mail at rest while the store is locked: sealed to the store's public key by
+            # mailstack-sealer, which systemd runs on Dovecot's LMTP socket while Dovecot is
+            # stopped (see mailstack/host/sealer.py).
+            "sealing": {
+                "enabled": cfg.options.storage.encryption != "none",
+                "tool": sealer.PATH,
+                "user": SEALER_UNIT,
+                "dir": sealer.SEALED_DIR,
+                # systemd's StateDirectory= name for that directory, below /var/lib.
+                "state_directory": sealer.SEALED_DIR.removeprefix("/var/lib/"),
+                "recipient_file": sealer.RECIPIENT_FILE,
+                "socket_unit": SEALER_UNIT + ".socket",
+                "service_unit": SEALER_UNIT + "@.service",
+                "queue_unit": SEALER_QUEUE_UNIT,
+                "postfix_unit": f"{POSTFIX_INSTANCE_UNIT}.service",
+                "lmtp_socket": f"{POSTFIX_QUEUE_DIR}/{LMTP_SOCKET}",
+                "reinject_service": sealer.REINJECT_SERVICE,
+            },
         },
         "accounts": {
             "domains": domains,
@@ -314,5 +335,5 @@ def host_vars(context: dict[str, Any]) -> dict[str, Any]:
             "updater_unit", "min_available_mib", "rspamd_files")},
         "mailstack_storage": {k: storage[k] for k in (
             "encryption", "root", "cipher_dir", "mount_unit", "tool", "conf_file",
-            "bound_services")},
+            "bound_services", "sealing")},
     }

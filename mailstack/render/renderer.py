@@ -18,7 +18,7 @@ import jinja2
 import yaml
 
 from mailstack.files import write_atomic
-from mailstack.host import storage_tool
+from mailstack.host import sealer, storage_tool
 from mailstack.render.context import build_context, host_vars
 from mailstack.resources import resource_dir
 from mailstack.site.config import SiteConfig
@@ -27,6 +27,9 @@ from mailstack.site.inventory import InventoryHost, select_hosts
 
 HOST_VARS_FILE = "mailstack_vars.yml"
 STORAGE_TOOL_FILE = PurePosixPath(storage_tool.PATH.lstrip("/"))
+SEALER_FILE = PurePosixPath(sealer.PATH.lstrip("/"))
+# The sealer's units exist only with an encrypted store.
+SEALER_PREFIXES = ("etc/systemd/system/mailstack-seal",)
 
 # Files that carry a password, a hash or a private key: 0600 wherever mailstack writes them.
 SECRET_FILES = {
@@ -89,6 +92,8 @@ def _wanted(target: str, context: dict[str, Any]) -> bool:
     """Whether a template's file belongs to this host: some exist only with an option."""
     if target == "etc/postfix/sasl_passwd":
         return context["mail"]["relay"] is not None
+    if target.startswith(SEALER_PREFIXES):
+        return context["storage"]["sealing"]["enabled"]
     if target.startswith(ANTIVIRUS_PREFIXES) or f"/{target}" in context["antivirus"]["rspamd_files"]:
         return context["antivirus"]["enabled"]
     return True
@@ -99,6 +104,8 @@ def render_host(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> list[Rend
     env = environment()
     files = [_host_vars_file(context),
              RenderedFile(STORAGE_TOOL_FILE, Path(storage_tool.__file__).read_text(), False)]
+    if context["storage"]["sealing"]["enabled"]:
+        files.append(RenderedFile(SEALER_FILE, Path(sealer.__file__).read_text(), False))
     for name in sorted(env.list_templates(filter_func=lambda n: n.endswith(".j2"))):
         target = PurePosixPath(name.removesuffix(".j2"))
         if not _wanted(str(target), context):

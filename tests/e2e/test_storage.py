@@ -9,9 +9,11 @@ fresh host (a container from the test-bed stack image, reached over SSH like a V
 2. mail that an interrupted switch left aside is moved in by the next deploy (once, on
    gocryptfs: the same tasks whatever the method);
 3. the host restarts with messages already in Postfix's queue (Dovecot down, so LMTP
-   deferred them): after boot the store is locked, the queue is intact (nothing bounced or
-   lost), mail sent while locked is accepted and queued, a wrong passphrase changes nothing,
-   and `mailstack unlock` delivers every message exactly once.
+   deferred them): they are sealed at shutdown (nothing bounced or lost, none readable on
+   disk); after boot the store is locked, mail sent while locked is accepted and sealed at
+   once, a wrong passphrase changes nothing, and `mailstack unlock` delivers every message
+   exactly once; locking seals outbound mail waiting for another server, and unlocking
+   puts it back in the queue.
 
 Runs the real CLI as a subprocess, exactly as a user would. `-s` shows the timings.
 """
@@ -29,6 +31,7 @@ from pathlib import Path
 import pytest
 import testbed
 
+from mailstack.host import sealer
 from mailstack.sandbox import host as sandbox
 from mailstack.site.inventory import write_inventory
 
@@ -49,6 +52,8 @@ ALICE = f"alice@{DOMAIN}"
 MOUNT = "/var/mail/vhosts"
 CIPHER = MOUNT + ".crypt"
 MIGRATING = MOUNT + ".migrating"
+SPOOL = "/var/spool/postfix"
+SEALED = sealer.SEALED_DIR
 METHODS = ("gocryptfs", "encfs")
 
 
@@ -240,7 +245,7 @@ def test_mail_left_aside_by_an_interrupted_switch_is_moved_in(migrated):
     assert host.grep(subject, CIPHER) == 1
 
 
-def test_restart_keeps_the_queue_and_locks_the_store(migrated):
+def test_restart_seals_the_queue_and_locks_the_store(migrated):
     host, _ = migrated
     # Messages stuck in the queue while the host runs: Dovecot is down, LMTP defers them.
     assert host.run("systemctl", "stop", "dovecot").returncode == 0
@@ -252,15 +257,33 @@ def test_restart_keeps_the_queue_and_locks_the_store(migrated):
     host.restart()
     status = host.status()
     assert f"storage {host.method} LOCKED" in status and "dovecot inactive" in status, status
-    assert f"; queue {len(before)};" in status, status  # nothing bounced, nothing lost
+    # Sealed at shutdown: out of Postfix's queue, nothing bounced, nothing lost.
+    assert f"; queue 0; sealed {len(before)};" in status, status
     assert f" {MOUNT} " not in host.mounts()
     # The locked mountpoint is empty and closed: it can never pass for a mailbox.
     assert host.run("ls", "-A", MOUNT).stdout == ""
 
     while_locked = _unique("sent-while-locked", 2)
-    send(host.ip, ALICE, while_locked)  # accepted (250) and queued
+    send(host.ip, ALICE, while_locked)  # accepted (250) and sealed at once
     host.queued += while_locked
-    host.wait_for_queue(len(host.queued))
+    assert f"; queue 0; sealed {len(host.queued)};" in host.status()
+    # Not one of them is readable on disk while the store is locked.
+    for subject in host.queued:
+        assert host.grep(subject, SPOOL) == 1, f"clear text of {subject} in Postfix's queue"
+        assert host.grep(subject, SEALED) == 1, f"clear text of {subject} in {SEALED}"
+
+
+def test_the_sealer_runs_as_its_own_user_with_the_public_key_only(migrated):
+    host, _ = migrated
+    assert host.run("systemctl", "is-active", "mailstack-sealer.socket").stdout.strip() == "active"
+    # What arrived while locked was written by the sealer's own user (the restart test's).
+    owners = host.run("find", SEALED, "-name", "l-*.age", "-printf", "%u\n").stdout.split()
+    assert owners == ["mailstack-sealer"] * 2, owners
+    # Its directory: the sealed files and the public key; the private key is in the store.
+    listing = host.run("ls", "-A", SEALED).stdout.split()
+    assert "recipient.txt" in listing and all(
+        n == "recipient.txt" or n.endswith(".age") for n in listing), listing
+    assert host.run("grep", "-rlq", "AGE-SECRET-KEY", SEALED, "/etc/mailstack").returncode == 1
 
 
 def test_wrong_passphrase_keeps_the_store_locked(migrated):
@@ -270,7 +293,7 @@ def test_wrong_passphrase_keeps_the_store_locked(migrated):
     assert "wrong passphrase; the store stays locked" in wrong.stderr, wrong.stderr
     status = host.status()
     assert "LOCKED" in status and "dovecot inactive" in status, status
-    assert f"; queue {len(host.queued)};" in status, status
+    assert f"; queue 0; sealed {len(host.queued)};" in status, status
     assert f" {MOUNT} " not in host.mounts()
 
 
@@ -285,7 +308,39 @@ def test_unlock_delivers_every_queued_message_exactly_once(migrated):
         unlocked.stdout
     assert_each_once(imap_subjects(host.ip, ALICE), [*host.queued, *host.earlier])
     status = host.status()
-    assert f"storage {host.method} unlocked; queue 0;" in status and "dovecot active" in status
+    assert f"storage {host.method} unlocked; queue 0; sealed 0;" in status, status
+    assert "dovecot active" in status
     for subject in host.queued:
         assert host.grep(subject, CIPHER) == 1
     assert host.not_vmails() == "", "files Dovecot cannot read back"
+
+
+def test_lock_seals_mail_waiting_for_another_server(migrated):
+    """Outbound mail that a remote server defers waits in Postfix's queue for days: locking
+    the store seals it too, and unlocking puts it back, to be tried again. (The remote
+    server that defers is a relay host on a loopback port where nothing listens: no address
+    outside the test bed is ever tried.)"""
+    host, _ = migrated
+    [subject] = _unique("outbound-deferred", 1)
+    host.run("postconf", "-e", "relayhost = [127.0.0.1]:9")
+    host.run("postfix", "reload")
+    try:
+        host.run("sh", "-ec", f"printf 'Subject: {subject}\\n\\nfor later\\n' | "
+                 f"sendmail -f {ALICE} someone@elsewhere.example")
+        host.wait_for_queue(1)
+        locked = host.cli("lock")
+        assert locked.returncode == 0, locked.stderr
+        assert f"{HOSTNAME}: locked; sealed 1 message(s) from the queue" in locked.stdout
+        assert "; queue 0; sealed 1;" in host.status()
+        assert host.grep(subject, SPOOL) == 1 and host.grep(subject, SEALED) == 1
+
+        unlocked = host.cli("unlock")
+        assert unlocked.returncode == 0, unlocked.stderr
+        assert "1 still queued" in unlocked.stdout, unlocked.stdout
+        assert "someone@elsewhere.example" in host.run("postqueue", "-j").stdout
+        assert "; sealed 0;" in host.status()
+        assert host.grep(subject, SPOOL) == 0, "the message is back in Postfix's queue"
+    finally:
+        host.run("postsuper", "-d", "ALL")
+        host.run("postconf", "-e", "relayhost =")
+        host.run("postfix", "reload")

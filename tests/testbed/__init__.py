@@ -94,6 +94,7 @@ STACK_PACKAGES: tuple[str, ...] = (
     "mariadb-server",
     "mariadb-client",
     "gocryptfs",
+    "age",
     "encfs",
     "fuse3",
     "nftables",

@@ -14,8 +14,8 @@ import pytest
 from conftest import PASSWORD
 
 from mailstack.errors import ConfigError
-from mailstack.host import storage_tool
-from mailstack.render.renderer import STORAGE_TOOL_FILE, render_host, write_tree
+from mailstack.host import sealer, storage_tool
+from mailstack.render.renderer import SEALER_FILE, STORAGE_TOOL_FILE, render_host, write_tree
 from mailstack.site.config import Bans, Blocklists, DnsList, Limits, SiteConfig
 from mailstack.site.inventory import InventoryHost
 from mailstack.site.secrets import Secrets
@@ -51,10 +51,13 @@ def fake_secrets() -> Secrets:
 
 def test_rendered_files_match_the_golden_files():
     files = render_host(CONFIG, fake_secrets(), HOST)
-    # The host tool is placed verbatim (its source is in the package), not templated.
-    tool = next(f for f in files if f.path == STORAGE_TOOL_FILE)
-    assert tool.content == Path(storage_tool.__file__).read_text()
-    files = [f for f in files if f is not tool]
+    # The host tools are placed verbatim (their source is in the package), not templated.
+    tools = {STORAGE_TOOL_FILE: storage_tool, SEALER_FILE: sealer}
+    for f in files:
+        if f.path in tools:
+            assert f.content == Path(tools[f.path].__file__).read_text()
+    assert {f.path for f in files} >= set(tools)
+    files = [f for f in files if f.path not in tools]
     target = GOLDEN / HOST.name
     if os.environ.get("UPDATE_GOLDEN"):
         write_tree(files, target)
