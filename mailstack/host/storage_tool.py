@@ -22,17 +22,25 @@ storage role). Run by `mailstack unlock` / `mailstack status` over SSH, and by t
 The passphrase is only ever read from standard input: never an argument, a file or a log.
 Exit codes: 0 ok, 1 error, 3 wrong passphrase, 4 store not initialized.
 
-The FUSE daemon (gocryptfs or EncFS) runs as the mail user, not as root. A daemon running
-as root with allow_other has to switch its credentials for every file a mail process
-creates, and gocryptfs 2.3 (Debian 12) races doing so under concurrent LMTP deliveries:
-some creates fail with EPERM and the mail is deferred. As the mail user it creates every
-file as itself, needs no switching, and holds the key with no privilege. It needs
-`user_allow_other` in /etc/fuse.conf and a usable /dev/fuse (the storage role sees to both),
-and a mountpoint the mail user owns (mount(8) rules for unprivileged FUSE mounts).
+The FUSE daemon (gocryptfs or EncFS) runs as a user of its own (fuse_uid in storage.json),
+neither root nor the mail user:
+- not root: a daemon running as root with allow_other has to switch its credentials for
+  every file a mail process creates, and gocryptfs 2.3 (Debian 12) races doing so under
+  concurrent LMTP deliveries: some creates fail with EPERM and the mail is deferred. As any
+  other user it creates every file as itself and needs no switching.
+- not the mail user: a process may read the memory (/proc/PID/mem, ptrace) of any process
+  of its own uid, and the daemon's memory holds the store's key. Dovecot's IMAP and LMTP
+  processes run as the mail user.
+It presents every file as the mail user's, and the kernel checks permissions against that
+owner (default_permissions), so Dovecot sees its files as before; in the cipher dir they
+are the daemon's. It needs `user_allow_other` in /etc/fuse.conf and a usable /dev/fuse (the
+storage role sees to both), and a mountpoint its user owns (the rule for unprivileged FUSE
+mounts).
 """
 
 import json
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -100,38 +108,71 @@ def fail(msg, code=ERROR):
     sys.exit(code)
 
 
+def ids(c):
+    """(mail uid, mail gid, FUSE uid, FUSE gid), checked: they reach argv and setuid/setgid.
+    The FUSE user is neither root nor the mail user (see the module docstring)."""
+    found = tuple(c.get(k) for k in ("uid", "gid", "fuse_uid", "fuse_gid"))
+    if not all(type(v) is int and 0 < v < 2**31 - 1 for v in found) or found[2] == found[0]:
+        fail(f"{CONF} has no valid uid, gid, fuse_uid and fuse_gid: run `mailstack deploy`")
+    return found
+
+
 def mount_cmd(c):
+    """The daemon presents every file as the mail user's; the kernel checks permissions
+    against that owner (gocryptfs' -allow_other implies default_permissions)."""
+    uid, gid, _, _ = ids(c)
     if c["encryption"] == "gocryptfs":
-        return ["gocryptfs", "-q", "-allow_other", "-noprealloc", c["cipher_dir"], c["root"]]
-    # Run as the mail user, EncFS creates every file as that user (as root it would need
-    # --public, i.e. the same per-request credential switching that gocryptfs races on).
-    return ["encfs", "--stdinpass", "-o", "allow_other", c["cipher_dir"], c["root"]]
+        return ["gocryptfs", "-q", "-allow_other", "-force_owner", f"{uid}:{gid}",
+                "-noprealloc", c["cipher_dir"], c["root"]]
+    # Run unprivileged, EncFS creates every file as its user (as root it would need --public,
+    # i.e. the same per-request credential switching that gocryptfs races on). It has no
+    # -force_owner: libfuse's uid=/gid= present the files the same way.
+    return ["encfs", "--stdinpass", "-o",
+            f"allow_other,default_permissions,uid={uid},gid={gid}", c["cipher_dir"], c["root"]]
 
 
-def as_mail_user(c, cmd, **kw):
-    """Run a FUSE tool as the mail user (see the module docstring for why)."""
+def as_fuse_user(c, cmd, **kw):
+    """Run a FUSE tool as the FUSE user (see the module docstring for why), in the mail
+    user's group: once mounted, gocryptfs creates a probe file in its own mount (go-fuse's
+    poll hack), which the kernel checks against the owner it presents, the mail user's."""
+    _, mail_gid, uid, gid = ids(c)
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": c["cipher_dir"], "LANG": "C.UTF-8"}
-    return run(cmd, user=c["uid"], group=c["gid"], extra_groups=[], env=env, **kw)
+    return run(cmd, user=uid, group=gid, extra_groups=[mail_gid], env=env, **kw)
 
 
 def chown_tree(path, uid, gid):
-    """Give a tree to the mail user (stores created by root before the daemon ran as the mail
-    user); touches only what is not already theirs."""
-    for dirpath, dirnames, filenames in os.walk(path):
-        for name in [dirpath] + [os.path.join(dirpath, n) for n in dirnames + filenames]:
+    """Give a tree to uid:gid without following links; touches only what is not theirs yet.
+    Bottom up, the top directory last: its owner tells whether a handover is complete."""
+    for dirpath, dirnames, filenames in os.walk(path, topdown=False):
+        for name in [os.path.join(dirpath, n) for n in dirnames + filenames] + [dirpath]:
             st = os.lstat(name)
             if (st.st_uid, st.st_gid) != (uid, gid):
                 os.lchown(name, uid, gid)
 
 
+def prepare_cipher_dir(c):
+    """The cipher dir: the FUSE user's. Stores of earlier versions (the mail user's, or
+    root's before that) are handed over, once. Mode 0770, that of the mount's root as
+    Dovecot sees it (the dovecot role sets the same): the daemon needs the group's rights
+    on it (see as_fuse_user)."""
+    _, _, uid, gid = ids(c)
+    os.makedirs(c["cipher_dir"], mode=0o700, exist_ok=True)
+    st = os.stat(c["cipher_dir"])
+    if (st.st_uid, st.st_gid) != (uid, gid):
+        chown_tree(c["cipher_dir"], uid, gid)
+    if stat.S_IMODE(st.st_mode) != 0o770:
+        os.chmod(c["cipher_dir"], 0o770)
+
+
 def prepare_mountpoint(c):
-    """The bare mountpoint: owned by the mail user (FUSE's rule for unprivileged mounts), and
-    empty, so that mounting can never hide mail written there by mistake."""
+    """The bare mountpoint: owned by the FUSE user (the rule for unprivileged FUSE mounts),
+    and empty, so that mounting can never hide mail written there by mistake."""
+    _, _, uid, gid = ids(c)
     os.makedirs(c["root"], exist_ok=True)
     if os.listdir(c["root"]):
         fail(f"{c['root']} is not empty while the store is not mounted; mounting would hide "
              "those files: move them aside (they are not encrypted), then unlock again")
-    os.chown(c["root"], c["uid"], c["gid"])
+    os.chown(c["root"], uid, gid)
     os.chmod(c["root"], 0o700)
 
 
@@ -140,17 +181,16 @@ def cmd_init(c):
         fail("storage.encryption is none: nothing to initialise")
     if initialized(c):
         fail("the encrypted store is already initialised")
-    os.makedirs(c["cipher_dir"], mode=0o700, exist_ok=True)
-    os.chown(c["cipher_dir"], c["uid"], c["gid"])
+    prepare_cipher_dir(c)
     secret = passphrase()
     if c["encryption"] == "gocryptfs":
-        proc = as_mail_user(c, ["gocryptfs", "-init", "-q", c["cipher_dir"]],
+        proc = as_fuse_user(c, ["gocryptfs", "-init", "-q", c["cipher_dir"]],
                             input=secret + "\n")
     else:
         # EncFS creates the volume on first mount. --standard, not --paranoia: paranoia's
         # external IV chaining breaks the hard links Maildir uses.
         prepare_mountpoint(c)
-        proc = as_mail_user(c, ["encfs", "--stdinpass", "--standard", c["cipher_dir"],
+        proc = as_fuse_user(c, ["encfs", "--stdinpass", "--standard", c["cipher_dir"],
                                 c["root"]], input=secret + "\n")
         if proc.returncode == 0:
             run(["fusermount", "-u", c["root"]])
@@ -162,10 +202,9 @@ def cmd_init(c):
 
 
 def do_mount(c, secret):
-    if os.stat(c["cipher_dir"]).st_uid != c["uid"]:
-        chown_tree(c["cipher_dir"], c["uid"], c["gid"])
+    prepare_cipher_dir(c)
     prepare_mountpoint(c)
-    proc = as_mail_user(c, mount_cmd(c), input=secret + "\n")
+    proc = as_fuse_user(c, mount_cmd(c), input=secret + "\n")
     if proc.returncode != 0:
         text = (proc.stderr + proc.stdout).strip()
         if wrong_passphrase(c["encryption"], proc.returncode, text):

@@ -33,6 +33,10 @@ VERIFY_LOCAL_PART = RESERVED_LOCAL_PART
 # else: templates get them in the render context, roles from the rendered
 # mailstack_vars.yml (see host_vars), the host tool from its rendered storage.json.
 VMAIL = {"user": "vmail", "group": "vmail", "uid": 5000, "gid": 5000, "root": "/var/mail/vhosts"}
+# The encrypted store's FUSE daemon (gocryptfs or EncFS) runs as its own user, which no other
+# process runs as: a process may read the memory of any other process of its uid, and the
+# daemon's memory holds the store's key. It presents every file as VMAIL's.
+FUSE_USER = {"user": "mailcrypt", "group": "mailcrypt", "uid": 5001, "gid": 5001}
 TLS_DIR = "/etc/mailstack/tls"
 DKIM_KEYS_DIR = "/etc/opendkim/keys"
 DB_NAME = "mailstack"
@@ -273,6 +277,7 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
             "encryption": cfg.options.storage.encryption,
             "root": VMAIL["root"],
             "cipher_dir": VMAIL["root"] + ".crypt",
+            "fuse_user": dict(FUSE_USER),
             "mount_unit": systemd_mount_unit(VMAIL["root"]),
             "tool": storage_tool.PATH,
             "conf_file": storage_tool.CONF,
@@ -323,6 +328,7 @@ def host_vars(context: dict[str, Any]) -> dict[str, Any]:
         "mailstack_bans_enabled": context["bans"]["enabled"],
         "mailstack_postfix_instance_service": POSTFIX_INSTANCE_UNIT,
         "mailstack_vmail": dict(context["mail"]["vmail"]),
+        "mailstack_fuse_user": dict(storage["fuse_user"]),
         "mailstack_tls": {"dir": TLS_DIR, "key_file": context["tls"]["key_file"],
                           "cert_file": context["tls"]["cert_file"]},
         "mailstack_dkim_keys_dir": DKIM_KEYS_DIR,

@@ -13,13 +13,17 @@ fresh host (a container from the test-bed stack image, reached over SSH like a V
    disk); after boot the store is locked, mail sent while locked is accepted and sealed at
    once, a wrong passphrase changes nothing, and `mailstack unlock` delivers every message
    exactly once; locking seals outbound mail waiting for another server, and unlocking
-   puts it back in the queue.
+   puts it back in the queue;
+4. the FUSE daemon, which holds the store's key, runs as a user of its own: no process of
+   the mail user (IMAP, LMTP) can read its memory or trace it (before and after a restart,
+   the latter on a store handed over from the mail user, as earlier versions left it).
 
 Runs the real CLI as a subprocess, exactly as a user would. `-s` shows the timings.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import time
@@ -55,6 +59,29 @@ MIGRATING = MOUNT + ".migrating"
 SPOOL = "/var/spool/postfix"
 SEALED = sealer.SEALED_DIR
 METHODS = ("gocryptfs", "encfs")
+FUSE_USER = "mailcrypt"
+# Run on the host as the mail user: what it gets from the FUSE daemon PID (argv[1]): its
+# memory (at its first readable mapping), its environment, a ptrace attach. PTRACE_SEIZE
+# does not stop the daemon, and this process's exit detaches it.
+MEMORY_PROBE = r"""
+import ctypes, json, os, sys
+pid = int(sys.argv[1])
+found = {}
+for what in ("mem", "environ"):
+    try:
+        with open(f"/proc/{pid}/{what}", "rb") as f:
+            if what == "mem":
+                with open(f"/proc/{pid}/maps") as maps:
+                    f.seek(next(int(line.split("-")[0], 16) for line in maps
+                                if line.split()[1].startswith("r")))
+            found[what] = f"read {len(f.read(16))} bytes"
+    except OSError as exc:
+        found[what] = exc.strerror
+libc = ctypes.CDLL(None, use_errno=True)
+found["ptrace"] = ("attached" if libc.ptrace(0x4206, pid, None, None) == 0
+                   else os.strerror(ctypes.get_errno()))
+print(json.dumps(found))
+"""
 
 
 def _unique(label: str, n: int) -> list[str]:
@@ -121,6 +148,26 @@ class Host:
 
     def mounts(self) -> str:
         return self.run("cat", "/proc/mounts").stdout
+
+    def assert_key_out_of_the_mail_users_reach(self) -> None:
+        """A process of the mail user can neither read the memory of any FUSE daemon on the
+        host nor trace it; each runs as the FUSE user, and the mount is that user's."""
+        daemons = self.run("pgrep", "-x", self.method).stdout.split()
+        assert daemons, f"no {self.method} process"
+        for pid in daemons:
+            probe = self.run("runuser", "-u", "vmail", "--", "python3", "-c", MEMORY_PROBE, pid)
+            assert probe.returncode == 0, probe.stderr
+            assert json.loads(probe.stdout) == {"mem": "Permission denied",
+                                                "environ": "Permission denied",
+                                                "ptrace": "Operation not permitted"}, pid
+        fuse_uid = self.run("id", "-u", FUSE_USER).stdout.strip()
+        assert fuse_uid and fuse_uid != self.run("id", "-u", "vmail").stdout.strip()
+        for pid in daemons:
+            uids = re.search(r"^Uid:\s+(.*)$", self.run("cat", f"/proc/{pid}/status").stdout,
+                             re.M).group(1).split()
+            assert uids == [fuse_uid] * 4, (pid, uids)
+        [mount] = [line for line in self.mounts().splitlines() if f" {MOUNT} " in line]
+        assert f" fuse.{self.method} " in mount and f"user_id={fuse_uid}," in mount, mount
 
     def restart(self) -> None:
         """A real reboot of the container; the inventory follows the host if its IP moved.
@@ -218,6 +265,14 @@ def test_nothing_readable_on_disk_and_new_mail_delivered(migrated):
                                       else ".encfs6.xml"))
 
 
+def test_mail_processes_cannot_read_the_key_from_the_daemons_memory(migrated):
+    """These hosts have no Yama: the mail user's uid alone would give its processes the
+    daemon's memory, and the key in it."""
+    host, _ = migrated
+    host.assert_key_out_of_the_mail_users_reach()
+    assert host.run("find", CIPHER, "!", "-user", FUSE_USER).stdout == ""
+
+
 def test_third_deploy_changes_nothing(migrated):
     host, _ = migrated
     result = host.deploy("third deploy")
@@ -295,11 +350,17 @@ def test_wrong_passphrase_keeps_the_store_locked(migrated):
     assert "LOCKED" in status and "dovecot inactive" in status, status
     assert f"; queue 0; sealed {len(host.queued)};" in status, status
     assert f" {MOUNT} " not in host.mounts()
+    # Locking a locked store changes nothing but sealing what the queue holds (nothing).
+    again = host.cli("lock")
+    assert f"{HOSTNAME}: was already locked; sealed 0 message(s)" in again.stdout, again.stderr
 
 
 def test_unlock_delivers_every_queued_message_exactly_once(migrated):
     host, _ = migrated
     assert host.queued, "needs the messages queued by the restart test"
+    # The store as earlier versions left it (their daemon ran as the mail user): the unlock
+    # hands it to the FUSE user.
+    assert host.run("chown", "-R", "vmail:vmail", CIPHER, MOUNT).returncode == 0
     started = time.monotonic()
     unlocked = host.cli("unlock")
     print(f"[{host.method}] unlock: {time.monotonic() - started:.1f} s")
@@ -344,3 +405,5 @@ def test_lock_seals_mail_waiting_for_another_server(migrated):
         host.run("postsuper", "-d", "ALL")
         host.run("postconf", "-e", "relayhost =")
         host.run("postfix", "reload")
+    assert host.run("find", CIPHER, "!", "-user", FUSE_USER).stdout == ""
+    host.assert_key_out_of_the_mail_users_reach()

@@ -177,6 +177,7 @@ DRIFT = [
     ("systemctl disable -q mariadb", "systemctl is-enabled -q mariadb"),
     ("rm /etc/aliases.db", "test /etc/aliases.db -nt /etc/aliases"),
     ("usermod -s /bin/bash vmail", "getent passwd vmail | grep -q :/usr/sbin/nologin$"),
+    ("usermod -s /bin/bash mailcrypt", "getent passwd mailcrypt | grep -q :/usr/sbin/nologin$"),
     ("sed -i 's/^user_allow_other/#user_allow_other/' /etc/fuse.conf",
      "grep -qx user_allow_other /etc/fuse.conf"),
     ("rm /etc/systemd/system/dovecot.service.d/mailstack-storage.conf",

@@ -79,6 +79,22 @@ def test_same_bytes_wrong_mode_is_only_fixed(tmp_path: Path) -> None:
     assert dest.stat().st_ino == inode and calls == []
 
 
+def test_a_directory_with_its_owner_and_the_wrong_mode_is_never_chowned(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The encrypted store's root (its FUSE daemon is not root) refuses a chown even to the
+    owner it presents: only its mode is fixed."""
+    root = tmp_path / "vhosts"
+    root.mkdir(mode=0o700)
+
+    def refused(*_):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(place_mod.os, "chown", refused)
+    entry = {"dest": str(root), "state": "directory", "mode": "0770", **ME}
+    assert place([entry]) == ([str(root)], "")
+    assert oct(root.stat().st_mode & 0o777) == "0o770"
+
+
 def test_a_refused_file_goes_nowhere_and_stops_the_rest(tmp_path: Path) -> None:
     first, bad, after = tmp_path / "1.cf", tmp_path / "2.cf", tmp_path / "3.cf"
     bad.write_text("old\n")

@@ -1,7 +1,7 @@
 """The host tool mailstack-storage (mailstack/host/storage_tool.py): its state logic on real
-directories (as root, with the mail user's uid/gid of the rendered storage.json), the mount
-command, the wrong-passphrase test, and its command line run as a real process. Mounting
-itself needs gocryptfs/EncFS and FUSE: the container test bed covers it."""
+directories (as root, with the mail and FUSE users' uid/gid of the rendered storage.json),
+the mount command, the wrong-passphrase test, and its command line run as a real process.
+Mounting itself needs gocryptfs/EncFS and FUSE: the container test bed covers it."""
 
 from __future__ import annotations
 
@@ -128,13 +128,44 @@ def test_a_mounted_root_is_unlocked_and_never_plain_mail(storage_conf):
     assert (state["mounted"], state["locked"], state["plain_mail"]) == (True, False, False)
 
 
-# --- the mountpoint and the mail user's tree ---
+# --- the users, the mountpoint and the cipher dir ---
 
-def test_prepare_mountpoint_creates_it_for_the_mail_user(storage_conf, as_root):
+def test_the_fuse_user_is_its_own_and_the_mail_user_is_presented(storage_conf):
+    conf = storage_conf()
+    assert tool.ids(conf) == (5000, 5000, 5001, 5001)
+    assert (conf["user"], conf["fuse_user"]) == ("vmail", "mailcrypt")
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("fuse_uid", 5000),  # the mail user's: its processes could read the key
+    ("fuse_uid", 0), ("fuse_gid", 0),  # root
+    ("fuse_uid", None), ("uid", "5000"), ("gid", True), ("fuse_gid", -1), ("uid", 5000.0),
+    ("fuse_uid", "5001 -o allow_root"),
+])
+def test_ids_that_could_not_be_meant_are_refused(storage_conf, capsys, key, value):
+    """They reach the mount's argv and setuid: the tool stops before running anything."""
+    conf = dict(storage_conf(), **{key: value})
+    if value is None:
+        del conf[key]
+    with pytest.raises(SystemExit) as exc:
+        tool.mount_cmd(conf)
+    assert failure(capsys, exc) == (ERROR, {"ok": False, "error": (
+        f"{tool.CONF} has no valid uid, gid, fuse_uid and fuse_gid: run `mailstack deploy`")})
+
+
+def test_fuse_tools_run_as_the_fuse_user_in_the_mail_users_group(storage_conf, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(tool, "run", lambda cmd, **kw: seen.update(cmd=cmd, **kw))
+    tool.as_fuse_user(storage_conf(), ["gocryptfs", "-version"])
+    assert (seen["user"], seen["group"], seen["extra_groups"]) == (5001, 5001, [5000])
+    assert seen["env"]["HOME"].endswith("vhosts.crypt")
+
+
+def test_prepare_mountpoint_creates_it_for_the_fuse_user(storage_conf, as_root):
     conf = storage_conf()
     tool.prepare_mountpoint(conf)
     st = os.stat(conf["root"])
-    assert (st.st_uid, st.st_gid) == (conf["uid"], conf["gid"]) == (5000, 5000)
+    assert (st.st_uid, st.st_gid) == (conf["fuse_uid"], conf["fuse_gid"]) == (5001, 5001)
     assert stat.S_IMODE(st.st_mode) == 0o700
 
 
@@ -143,7 +174,7 @@ def test_prepare_mountpoint_takes_over_an_empty_root_owned_directory(storage_con
     Path(conf["root"]).mkdir(mode=0o755)
     assert owner(conf["root"]) == (0, 0)
     tool.prepare_mountpoint(conf)
-    assert owner(conf["root"]) == (5000, 5000)
+    assert owner(conf["root"]) == (5001, 5001)
     assert stat.S_IMODE(os.stat(conf["root"]).st_mode) == 0o700
 
 
@@ -168,7 +199,7 @@ def test_prepare_mountpoint_refuses_a_non_empty_directory_and_leaves_it(storage_
     assert (owner(root), stat.S_IMODE(root.stat().st_mode), sorted(os.listdir(root))) == before
 
 
-def test_chown_tree_gives_the_store_to_the_mail_user_without_following_links(tmp_path, as_root):
+def test_chown_tree_gives_the_store_away_without_following_links(tmp_path, as_root):
     outside = tmp_path / "outside"
     outside.write_text("not the store's")
     store = tmp_path / "vhosts.crypt"
@@ -176,35 +207,68 @@ def test_chown_tree_gives_the_store_to_the_mail_user_without_following_links(tmp
     (store / "gocryptfs.conf").write_text("{}")
     (store / "d1" / "d2" / "f").write_text("x")
     (store / "d1" / "link").symlink_to(outside)
-    tool.chown_tree(str(store), 5000, 5000)
+    tool.chown_tree(str(store), 5001, 5001)
     for dirpath, dirnames, filenames in os.walk(store):
         for name in [dirpath, *(os.path.join(dirpath, n) for n in dirnames + filenames)]:
-            assert owner(name) == (5000, 5000), name
+            assert owner(name) == (5001, 5001), name
     assert owner(outside) == (0, 0)
+
+
+def test_chown_tree_gives_the_top_directory_last(tmp_path, monkeypatch):
+    """Its owner is the mark of a complete handover: one cut short is done again."""
+    store = tmp_path / "vhosts.crypt"
+    (store / "d1" / "d2").mkdir(parents=True)
+    (store / "gocryptfs.conf").write_text("{}")
+    (store / "d1" / "d2" / "f").write_text("x")
+    order = []
+    monkeypatch.setattr(tool.os, "lchown", lambda path, uid, gid: order.append(path))
+    tool.chown_tree(str(store), 5001, 5001)
+    assert set(order) == {str(store), *(str(p) for p in store.rglob("*"))}
+    assert order[-1] == str(store) and order.count(str(store)) == 1
+    assert order.index(str(store / "d1" / "d2" / "f")) < order.index(str(store / "d1" / "d2"))
+
+
+@pytest.mark.parametrize("earlier_owner", [(5000, 5000), (0, 0)])  # the mail user's, root's
+def test_prepare_cipher_dir_hands_an_earlier_store_to_the_fuse_user(storage_conf, as_root,
+                                                                    earlier_owner):
+    conf = storage_conf()
+    mkstore(conf)
+    Path(conf["cipher_dir"], "ab12").mkdir()
+    Path(conf["cipher_dir"], "ab12", "cd34").write_text("x")
+    for path in (Path(conf["cipher_dir"]), *Path(conf["cipher_dir"]).rglob("*")):
+        os.lchown(path, *earlier_owner)
+    os.chmod(conf["cipher_dir"], 0o700)
+    tool.prepare_cipher_dir(conf)
+    for path in (Path(conf["cipher_dir"]), *Path(conf["cipher_dir"]).rglob("*")):
+        assert owner(path) == (5001, 5001), path
+    # the mount's root as Dovecot sees it; the daemon, in the mail group, needs its rights
+    assert stat.S_IMODE(os.stat(conf["cipher_dir"]).st_mode) == 0o770
 
 
 # --- the mount command and the wrong-passphrase test ---
 
-def test_gocryptfs_mounts_for_other_users_and_reads_the_passphrase_from_stdin(storage_conf):
+def test_gocryptfs_mounts_for_the_mail_user_and_reads_the_passphrase_from_stdin(storage_conf):
     conf = storage_conf("gocryptfs")
     argv = tool.mount_cmd(conf)
     assert argv[0] == "gocryptfs"
-    assert "-allow_other" in argv
+    assert "-allow_other" in argv  # implies default_permissions: the kernel checks the owner
+    assert argv[argv.index("-force_owner") + 1] == "5000:5000"  # shown as the mail user's
     assert argv[-2:] == [conf["cipher_dir"], conf["root"]]
     # nothing but fixed flags and the two paths: no passphrase, no file or program giving one
-    assert set(argv) - {conf["cipher_dir"], conf["root"]} == {"gocryptfs", "-q", "-allow_other",
-                                                            "-noprealloc"}
+    assert set(argv) - {conf["cipher_dir"], conf["root"]} == {
+        "gocryptfs", "-q", "-allow_other", "-force_owner", "5000:5000", "-noprealloc"}
 
 
-def test_encfs_mounts_for_other_users_and_reads_the_passphrase_from_stdin(storage_conf):
+def test_encfs_mounts_for_the_mail_user_and_reads_the_passphrase_from_stdin(storage_conf):
     conf = storage_conf("encfs")
     argv = tool.mount_cmd(conf)
     assert argv[0] == "encfs"
-    assert argv[argv.index("-o") + 1] == "allow_other"
+    assert argv[argv.index("-o") + 1].split(",") == [
+        "allow_other", "default_permissions", "uid=5000", "gid=5000"]
     assert "--stdinpass" in argv
     assert argv[-2:] == [conf["cipher_dir"], conf["root"]]
-    assert set(argv) - {conf["cipher_dir"], conf["root"]} == {"encfs", "--stdinpass", "-o",
-                                                            "allow_other"}
+    assert set(argv) - {conf["cipher_dir"], conf["root"]} == {
+        "encfs", "--stdinpass", "-o", "allow_other,default_permissions,uid=5000,gid=5000"}
 
 
 @pytest.mark.parametrize(("encryption", "code", "output", "wrong"), [
@@ -287,17 +351,18 @@ def test_init_refuses_an_existing_store_and_a_plain_one(storage_conf, host_tool)
         ERROR, "storage.encryption is none: nothing to initialise")
 
 
-def test_lock_of_a_store_that_is_not_mounted(storage_conf, host_tool):
-    conf = storage_conf()
-    mkstore(conf)
+def test_lock_of_a_store_that_is_not_encrypted_is_refused(storage_conf, host_tool):
+    # (Locking a store, and one already locked, starts the sealer: tests/e2e/test_storage.py.)
+    conf = storage_conf("none")
     proc = host_tool(conf, "lock")
-    assert proc.returncode == OK, proc.stderr
-    assert json.loads(proc.stdout) == {"ok": True, "already_locked": True}
+    assert proc.returncode == ERROR
+    assert json.loads(proc.stdout) == {
+        "ok": False, "error": "storage.encryption is none: there is nothing to lock"}
 
 
-def test_unlock_hands_the_store_to_the_mail_user_then_refuses_to_hide_mail(storage_conf,
+def test_unlock_hands_the_store_to_the_fuse_user_then_refuses_to_hide_mail(storage_conf,
                                                                            host_tool, as_root):
-    """A store created by root (before the daemon ran as the mail user) is given to the mail
+    """A store created by root (before the daemon ran unprivileged) is given to the FUSE
     user; mail under the bare mountpoint stops the mount before anything runs."""
     conf = storage_conf()
     mkstore(conf)
@@ -307,7 +372,7 @@ def test_unlock_hands_the_store_to_the_mail_user_then_refuses_to_hide_mail(stora
     assert proc.returncode == ERROR, proc.stderr
     assert "is not empty while the store is not mounted" in json.loads(proc.stdout)["error"]
     assert owner(conf["cipher_dir"]) == owner(Path(conf["cipher_dir"], "gocryptfs.conf")) == (
-        5000, 5000)
+        5001, 5001)
     assert owner(conf["root"]) == (0, 0)
     assert "secret" not in proc.stdout + proc.stderr
 

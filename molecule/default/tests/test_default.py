@@ -215,6 +215,15 @@ def test_vmail_user(host):
     assert (vmail.uid, vmail.gid, vmail.home) == (5000, 5000, "/var/mail/vhosts")
 
 
+def test_fuse_daemon_runs_as_its_own_user(host):
+    """Not as vmail, whose processes could read its memory and so the store's key."""
+    crypt = host.user("mailcrypt")
+    assert (crypt.uid, crypt.gid, crypt.shell) == (5001, 5001, "/usr/sbin/nologin")
+    daemons = host.process.filter(comm="gocryptfs")
+    assert daemons and {(d.ruid, d.euid) for d in daemons} == {(5001, 5001)}
+    assert host.file("/var/mail/vhosts.crypt/gocryptfs.conf").user == "mailcrypt"
+
+
 # --------------------------------------------------------------------------- database
 
 

@@ -144,7 +144,11 @@ def place_directory(entry, check_mode):
         return True
     if st is None:
         os.mkdir(dest, 0o700)
-    os.chown(dest, uid, gid)
+        st = os.lstat(dest)
+    # Only when it differs: the encrypted store's root refuses any chown (its FUSE daemon is
+    # not root), even to the owner it already presents.
+    if (st.st_uid, st.st_gid) != (uid, gid):
+        os.chown(dest, uid, gid)
     os.chmod(dest, mode)
     return True
 
