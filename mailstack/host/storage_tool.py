@@ -285,6 +285,23 @@ def cmd_mount(c):
     print(json.dumps({"ok": True, "mounted": True}))
 
 
+def stop_fuse_daemon(c):
+    """The key must leave memory too. Unmounting is not always enough: a service that
+    started after the mount, in a mount namespace of its own (containers, where mounts do
+    not propagate), keeps a copy of the mount and with it the daemon. Nothing but the daemon
+    runs as the FUSE user, so its processes are ended by uid."""
+    _, _, uid, _ = ids(c)
+    for signal, wait in (("TERM", 5.0), ("KILL", 5.0)):
+        if run(["pkill", f"-{signal}", "-U", str(uid)]).returncode == 1:
+            return  # none left
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if run(["pgrep", "-U", str(uid)]).returncode == 1:
+                return
+            time.sleep(0.1)
+    fail("unmounted, but the FUSE daemon did not end: its key is still in memory")
+
+
 def cmd_lock(c):
     if c["encryption"] == "none":
         fail("storage.encryption is none: there is nothing to lock")
@@ -294,6 +311,7 @@ def cmd_lock(c):
         proc = run(["fusermount", "-u", c["root"]])
         if proc.returncode != 0:
             fail("unmount failed: " + proc.stderr.strip())
+    stop_fuse_daemon(c)
     # From now on Postfix's LMTP deliveries reach the sealer; what waits in the queue
     # (deferred while Dovecot stopped, outbound mail a remote server deferred) is sealed too.
     start = run(["systemctl", "start", c["sealing"]["socket_unit"]])

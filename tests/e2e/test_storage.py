@@ -392,6 +392,8 @@ def test_lock_seals_mail_waiting_for_another_server(migrated):
         locked = host.cli("lock")
         assert locked.returncode == 0, locked.stderr
         assert f"{HOSTNAME}: locked; sealed 1 message(s) from the queue" in locked.stdout
+        # The key left memory with the daemon (no process of its user is left).
+        assert host.run("pgrep", "-U", FUSE_USER).returncode == 1
         assert "; queue 0; sealed 1;" in host.status()
         assert host.grep(subject, SPOOL) == 1 and host.grep(subject, SEALED) == 1
 
