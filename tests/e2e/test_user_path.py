@@ -221,9 +221,9 @@ def test_reboot_locks_the_store_and_unlock_delivers_every_message_once(deployed)
     assert status.returncode == 0, status.stderr
     assert "LOCKED" in status.stdout and "dovecot inactive" in status.stdout
     subjects = [f"sent-while-locked-{i}-{time.time_ns()}" for i in range(5)]
-    send(ip, ALICE, subjects)  # accepted (250) and queued: nothing bounced
+    send(ip, ALICE, subjects)  # accepted (250) and sealed at once: nothing bounced
     queued = mailstack(deployed, "status")
-    assert "queue 5" in queued.stdout, queued.stdout
+    assert "queue 0; sealed 5;" in queued.stdout, queued.stdout
     # The locked mountpoint is empty and closed: it can never pass for a mailbox.
     listing = subprocess.run(["docker", "exec", sandbox.CONTAINER, "ls", "-A",
                               "/var/mail/vhosts"], capture_output=True, text=True, check=False)
