@@ -193,30 +193,39 @@ def run(cmd, **kw):
     return subprocess.run(cmd, capture_output=True, check=False, **kw)
 
 
-def seal_queue():
-    """Seal deferred and held mail, then delete it from Postfix's queue. (Mail in the
-    incoming and active queues is being handled this very moment: it is delivered, handed
-    to the LMTP sealer, or deferred and sealed by the next run.)"""
-    run(["postsuper", "-h", "ALL", "deferred"])
+def queue_entries():
     listed = run(["postqueue", "-j"])
     if listed.returncode != 0:
         raise OSError("postqueue -j: " + listed.stderr.decode(errors="replace").strip())
+    return [json.loads(line) for line in listed.stdout.decode().splitlines()]
+
+
+def seal_queue():
+    """Seal deferred and held mail, then delete it from Postfix's queue. (Mail in the
+    incoming and active queues is being handled this very moment: it is delivered, handed
+    to the LMTP sealer, or deferred and sealed by the next run.) Deferred mail is put on
+    hold first, so that no delivery attempt starts while it is sealed; if sealing fails,
+    what this run put on hold is released again (flushes and retries skip held mail)."""
+    held_before = {e["queue_id"] for e in queue_entries() if e.get("queue_name") == "hold"}
+    run(["postsuper", "-h", "ALL", "deferred"])
+    held = [e for e in queue_entries() if e.get("queue_name") == "hold"]
     sealed = 0
-    for line in listed.stdout.decode().splitlines():
-        entry = json.loads(line)
-        if entry.get("queue_name") != "hold":
-            continue
+    for i, entry in enumerate(held):
         qid = entry["queue_id"]
-        content = run(["postcat", "-bh", "-q", qid])
-        if content.returncode != 0:
-            continue  # delivered or removed meanwhile
-        envelope = {"v": 1, "sender": entry.get("sender", ""),
-                    "recipients": [r["address"] for r in entry.get("recipients", [])],
-                    "smtputf8": False, "sealed_at": int(time.time()), "from": "queue",
-                    "queue_id": qid, "arrival_time": entry.get("arrival_time")}
-        if not envelope["recipients"]:
-            continue
-        seal(envelope, content.stdout, f"q-{entry.get('arrival_time', 0)}-{qid}.age")
+        recipients = [r["address"] for r in entry.get("recipients", [])]
+        try:
+            content = run(["postcat", "-bh", "-q", qid])
+            if content.returncode != 0 or not recipients:
+                continue  # delivered or removed meanwhile
+            envelope = {"v": 1, "sender": entry.get("sender", ""), "recipients": recipients,
+                        "smtputf8": False, "sealed_at": int(time.time()), "from": "queue",
+                        "queue_id": qid, "arrival_time": entry.get("arrival_time")}
+            seal(envelope, content.stdout, f"q-{entry.get('arrival_time', 0)}-{qid}.age")
+        except OSError:
+            for rest in held[i:]:
+                if rest["queue_id"] not in held_before:
+                    run(["postsuper", "-H", rest["queue_id"], "hold"])
+            raise
         run(["postsuper", "-d", qid, "hold"])
         sealed += 1
     return sealed

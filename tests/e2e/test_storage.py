@@ -403,6 +403,16 @@ def test_lock_seals_mail_waiting_for_another_server(migrated):
         assert "someone@elsewhere.example" in host.run("postqueue", "-j").stdout
         assert "; sealed 0;" in host.status()
         assert host.grep(subject, SPOOL) == 0, "the message is back in Postfix's queue"
+
+        # A seal that fails (here: no public key) says so and leaves the message deferred,
+        # to be retried, not stuck on hold.
+        aside = sealer.RECIPIENT_FILE + ".aside"
+        host.run("mv", sealer.RECIPIENT_FILE, aside)
+        failed = host.cli("lock")
+        host.run("mv", aside, sealer.RECIPIENT_FILE)
+        assert failed.returncode != 0 and "recipient.txt" in failed.stderr, failed.stderr
+        assert '"queue_name": "deferred"' in host.run("postqueue", "-j").stdout
+        assert "; queue 1; sealed 0;" in host.status()
     finally:
         host.run("postsuper", "-d", "ALL")
         host.run("postconf", "-e", "relayhost =")
