@@ -300,7 +300,6 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
                 "service_unit": SEALER_UNIT + "@.service",
                 "queue_unit": SEALER_QUEUE_UNIT,
                 "postfix_unit": f"{POSTFIX_INSTANCE_UNIT}.service",
-                "lmtp_socket": f"{POSTFIX_QUEUE_DIR}/{LMTP_SOCKET}",
                 "reinject_service": sealer.REINJECT_SERVICE,
             },
         },

@@ -69,7 +69,7 @@ def mailstack_tree_files(src_dir):
                   if os.path.isfile(os.path.join(d, n)))
 
 
-def mailstack_expect_tree_entries(paths, rendered_root, attrs=None, **more):
+def mailstack_expect_rendered(paths, rendered_root, attrs=None, **more):
     """mailstack_expect for each of several host paths, from their rendered copies below
     the controller directory rendered_root."""
     return [mailstack_expect(str(rendered_root) + str(p), p, attrs, **more) for p in paths]
@@ -132,7 +132,7 @@ class FilterModule:
             "mailstack_expect": mailstack_expect,
             "mailstack_expect_tree": mailstack_expect_tree,
             "mailstack_expect_paths": mailstack_expect_paths,
-            "mailstack_expect_tree_entries": mailstack_expect_tree_entries,
+            "mailstack_expect_rendered": mailstack_expect_rendered,
             "mailstack_tree_content": mailstack_tree_content,
             "mailstack_tree_files": mailstack_tree_files,
             "mailstack_place_entries": mailstack_place_entries,
