@@ -71,7 +71,7 @@ def status(ctx: typer.Context) -> None:
     from mailstack.deploy.storage import status as run_status
 
     site = opts(ctx).site()
-    lists = [{"zone": dl.zone, "answers": dl.answers} for dl in site.config.options.blocklists.lists]
+    filters = {dl.zone: dl.answers for dl in site.config.options.blocklists.lists}
     for r in run_status(site):
         store = r.data["storage"]
         lock = ("LOCKED (run `mailstack unlock`)" if store["locked"] else
@@ -80,13 +80,13 @@ def status(ctx: typer.Context) -> None:
         sealed = f"sealed {r.data['sealed']}; " if "sealed" in r.data else ""
         typer.echo(f"{r.host}: storage {store['encryption']} {lock}; queue {r.data['queue']}; "
                    f"{sealed}{services}")
-        for line in checks_lines(r.data, lists):
+        for line in checks_lines(r.data, filters):
             typer.echo(f"  {line}")
 
 
-def checks_lines(data: dict, lists: list[dict] | None = None) -> list[str]:
+def checks_lines(data: dict, filters: dict[str, str | None] | None = None) -> list[str]:
     """The ban jails, the spam filter, the resolver and the DNS blocklists (judged against
-    their answer filters from lists: zone, answers), as `status` shows them."""
+    their answer filters: zone -> answers), as `status` shows them."""
     lines = []
     jails = data.get("jails")
     if "jails" not in data:
@@ -101,18 +101,13 @@ def checks_lines(data: dict, lists: list[dict] | None = None) -> list[str]:
         if key in data:
             lines.append(f"{label}: " + ("answers" if data[key] == "ok" else
                                          f"NOT answering ({data[key]})"))
-    for works, said in blocklist_checks(data, lists or []):
-        lines.append(f"blocklist {said}" if works else f"blocklist NOT WORKING: {said}")
-    return lines
-
-
-def blocklist_checks(data: dict, lists: list[dict]) -> list[tuple[bool, str]]:
-    """(works, what to say) per DNS blocklist the host asked for its test entry."""
     from mailstack.verify.dnsbl import judge
 
-    found = data.get("blocklists") or {}
-    patterns = {dl["zone"]: dl["answers"] for dl in lists}
-    return [judge(zone, patterns.get(zone), answer) for zone, answer in found.items()]
+    # Each DNS blocklist the host asked for its test entry.
+    for zone, answer in (data.get("blocklists") or {}).items():
+        works, said = judge(zone, (filters or {}).get(zone), answer)
+        lines.append(f"blocklist {said}" if works else f"blocklist NOT WORKING: {said}")
+    return lines
 
 
 def unban(

@@ -35,7 +35,6 @@ def test_judge_names_the_problem():
 def test_status_lines_show_each_list():
     data = {"blocklists": {"zen.example": {"answers": ["127.0.0.2"]},
                            "bl.example": {"error": "not listed"}}}
-    lines = checks_lines(data, [{"zone": "zen.example", "answers": "127.0.0.[2..11]"},
-                                {"zone": "bl.example", "answers": None}])
+    lines = checks_lines(data, {"zen.example": "127.0.0.[2..11]", "bl.example": None})
     assert "blocklist zen.example: lists its test entry" in lines
     assert any(line.startswith("blocklist NOT WORKING: bl.example") for line in lines)
