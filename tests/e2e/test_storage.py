@@ -374,6 +374,8 @@ def test_unlock_delivers_every_queued_message_exactly_once(migrated):
     for subject in host.queued:
         assert host.grep(subject, CIPHER) == 1
     assert host.not_vmails() == "", "files Dovecot cannot read back"
+    assert host.run("find", CIPHER, "!", "-user", FUSE_USER).stdout == ""
+    host.assert_key_out_of_the_mail_users_reach()
 
 
 def test_lock_seals_mail_waiting_for_another_server(migrated):
@@ -417,5 +419,3 @@ def test_lock_seals_mail_waiting_for_another_server(migrated):
         host.run("postsuper", "-d", "ALL")
         host.run("postconf", "-e", "relayhost =")
         host.run("postfix", "reload")
-    assert host.run("find", CIPHER, "!", "-user", FUSE_USER).stdout == ""
-    host.assert_key_out_of_the_mail_users_reach()
