@@ -46,6 +46,8 @@ def venv(request, wheel, tmp_path_factory) -> Path:
 def test_wheel_carries_only_the_product(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     for shipped in ("mailstack/cli/app.py", "mailstack/host/storage_tool.py",
+                    "mailstack/host/sealer.py",
+                    "mailstack/_data/templates/etc/systemd/system/mailstack-sealer.socket.j2",
                     "mailstack/_data/site.yml", "mailstack/_data/templates/etc/postfix/main.cf.j2",
                     "mailstack/_data/roles/postfix/tasks/main.yml",
                     "mailstack/_data/inventories/single/hosts.yml"):
@@ -73,7 +75,7 @@ def test_the_installed_cli_runs_every_command(venv, tmp_path):
         return result
 
     assert mailstack("--version").stdout.startswith("mailstack ")
-    helps = ["init", "render", "deploy", "verify", "dns", "unlock", "status", "user", "alias",
+    helps = ["init", "render", "deploy", "verify", "dns", "unlock", "lock", "status", "user", "alias",
              "domain", "relay", "sandbox", "user add", "alias add", "relay set", "sandbox up",
              "unban", "spam", "spam password"]
     for command in helps:
@@ -91,7 +93,7 @@ def test_the_installed_cli_runs_every_command(venv, tmp_path):
     assert "_domainkey.example.net" in mailstack(*site, "dns").stdout
     # The parts that need the server: each says it cannot reach it, cleanly (exit 1).
     # (verify too: it sets the verify mailbox's one-time password over SSH first.)
-    for command in (["deploy"], ["status"], ["unlock"], ["verify"], ["unban", "--all"]):
+    for command in (["deploy"], ["status"], ["unlock"], ["lock"], ["verify"], ["unban", "--all"]):
         result = mailstack(*site, *command, ok=False)
         assert result.returncode == 1, (command, result.stdout, result.stderr)
         assert "127.0.0.1" in result.stdout + result.stderr, (command, result.stderr)
