@@ -15,7 +15,7 @@ import typer
 from typer.core import TyperGroup
 
 from mailstack import __version__
-from mailstack.cli import accounts, build, init, probe, relay, sandbox, spam, storage
+from mailstack.cli import accounts, build, init, probe, relay, sandbox, spam, storage, tls
 from mailstack.cli.common import CONTEXT, Options
 from mailstack.errors import MailstackError
 
@@ -56,6 +56,7 @@ app.add_typer(accounts.alias_app, name="alias")
 app.add_typer(accounts.domain_app, name="domain")
 app.add_typer(relay.relay_app, name="relay")
 app.add_typer(spam.spam_app, name="spam")
+app.add_typer(tls.tls_app, name="tls")
 app.add_typer(sandbox.sandbox_app, name="sandbox")
 
 

@@ -71,6 +71,8 @@ def deploy(
     for host, task, diff in result.diffs:
         typer.echo(f"--- {host}: {task}")
         typer.echo(diff.rstrip())
+    for host, warning in result.warnings:
+        typer.secho(f"warning: {host}: {warning}", err=True, fg=typer.colors.YELLOW)
     typer.echo(f"{'check' if check else 'deploy'} finished in {result.elapsed:.0f} s")
     for host, st in sorted(result.hosts.items()):
         typer.echo(f"  {host}: ok={st.ok} changed={st.changed} failed={st.failed} "

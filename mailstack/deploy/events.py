@@ -49,6 +49,8 @@ class DeployResult:
     changes: list[tuple[str, str]] = field(default_factory=list)  # (host, task)
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # (host, task, why)
     diffs: list[tuple[str, str, str]] = field(default_factory=list)  # (host, task, diff)
+    # What a task warned about without failing (the CA has not issued a certificate yet).
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # (host, warning)
     elapsed: float = 0.0
     rc: int = 0
     new_host_keys: list[str] = field(default_factory=list)  # first contact: ssh-keygen -l lines
@@ -111,6 +113,7 @@ class Events:
         if kind == "playbook_on_task_start":
             self.progress.task_started(task)
         elif kind == "runner_on_ok" and stats is not None:
+            self.result.warnings += [(host, str(w)) for w in res.get("warnings") or []]
             if _changed(res, event):
                 stats.changed += 1
                 self.result.changes.append((host, task))

@@ -7,12 +7,15 @@ The paths, the mail user, the sockets are defined here and nowhere else.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from mailstack.errors import ConfigError
-from mailstack.host import sealer, storage_tool
+from mailstack.host import acme, sealer, storage_tool
 from mailstack.site.config import RESERVED_LOCAL_PART, SiteConfig
 from mailstack.site.inventory import InventoryHost
+from mailstack.site.tls import CERTIFICATE as TLS_CERTIFICATE
+from mailstack.site.tls import site_key
 
 MANAGED_HEADER = (
     "Managed by mailstack: edit mailstack.yml and run `mailstack deploy`; "
@@ -38,6 +41,23 @@ VMAIL = {"user": "vmail", "group": "vmail", "uid": 5000, "gid": 5000, "root": "/
 # daemon's memory holds the store's key. It presents every file as VMAIL's.
 FUSE_USER = {"user": "mailcrypt", "group": "mailcrypt", "uid": 5001, "gid": 5001}
 TLS_DIR = "/etc/mailstack/tls"
+# The web server (nginx): port 80 answers ACME HTTP-01 challenges and redirects the rest to
+# HTTPS; 443 serves each domain's MTA-STS policy with the site's certificate.
+WEB = {"service": "nginx", "conf_file": "/etc/nginx/conf.d/mailstack.conf",
+       "root": "/var/www/mailstack", "http_port": 80, "https_port": 443,
+       # Debian's example site listens on port 80 as the default server: replaced by ours.
+       "stock_site": "/etc/nginx/sites-enabled/default"}
+# The names each mail domain serves over HTTPS (the certificate covers them with the host
+# name): the MTA-STS policy host, Thunderbird's autoconfig and Outlook's autodiscover.
+WEB_NAME_PREFIXES = ("mta-sts", "autoconfig", "autodiscover")
+# ACME (options.tls.certificate: acme): uacme, run by mailstack-acme at deploy and by a
+# timer; its account key and state in confdir, the HTTP-01 answers below webroot.
+ACME = {"confdir": "/etc/mailstack/acme", "webroot": "/var/lib/mailstack/acme",
+        "renew_days": 30, "service_unit": "mailstack-acme.service",
+        "timer_unit": "mailstack-acme.timer"}
+# MTA-STS (RFC 8461): how long senders keep the policy. enforce: a week (the RFC suggests
+# weeks); testing: a day, so the switch to enforce reaches them soon.
+MTA_STS_MAX_AGE = {"enforce": 604800, "testing": 86400}
 DKIM_KEYS_DIR = "/etc/opendkim/keys"
 DB_NAME = "mailstack"
 POSTFIX_QUEUE_DIR = "/var/spool/postfix"
@@ -120,6 +140,53 @@ def antivirus_context(cfg: SiteConfig) -> dict[str, Any]:
     }
 
 
+def web_names(cfg: SiteConfig) -> list[str]:
+    """The names the site serves over HTTPS besides the host name, domain by domain."""
+    return [f"{prefix}.{d}" for d in sorted(cfg.domains) for prefix in WEB_NAME_PREFIXES]
+
+
+def mta_sts_policy(cfg: SiteConfig) -> dict[str, Any]:
+    """The MTA-STS policy every domain serves (they share the MX) and its id, which changes
+    when the policy does. enforce only with a certificate senders trust: a sender never
+    fetches a policy over an untrusted one anyway, and testing asks nothing of them."""
+    mode = "testing" if cfg.options.tls.certificate == "self-signed" else "enforce"
+    text = "".join(f"{k}: {v}\n" for k, v in (
+        ("version", "STSv1"), ("mode", mode), ("mx", cfg.hostname),
+        ("max_age", MTA_STS_MAX_AGE[mode])))
+    return {"mode": mode, "text": text, "id": hashlib.sha256(text.encode()).hexdigest()[:20]}
+
+
+def tls_context(cfg: SiteConfig, secrets: Any) -> dict[str, Any]:
+    """The certificate: its files, the names it covers, where it comes from."""
+    tls = cfg.options.tls
+    key = site_key(secrets)
+    chain = secrets.site.get(TLS_CERTIFICATE)
+    if tls.certificate == "files" and not chain:
+        raise ConfigError(
+            "options.tls.certificate is files but the vault has no certificate: import it "
+            "with `mailstack tls import FULLCHAIN.pem KEY.pem`")
+    acme_conf = {**ACME, "enabled": tls.certificate == "acme", "directory": tls.acme_directory,
+                 "email": tls.acme_email or cfg.admin_email,
+                 "tool": acme.PATH, "conf_file": acme.CONF,
+                 # Reloaded (when running) once a new certificate is in place.
+                 "reload_units": [f"{POSTFIX_INSTANCE_UNIT}.service", "dovecot.service",
+                                  f"{WEB['service']}.service"]}
+    return {
+        "certificate": tls.certificate,
+        "cert_file": f"{TLS_DIR}/fullchain.pem",
+        "key_file": f"{TLS_DIR}/privkey.pem",
+        "key": key,
+        # options.tls.certificate files: the imported chain, placed as cert_file.
+        "chain": chain if tls.certificate == "files" else None,
+        "names": [cfg.hostname, *web_names(cfg)],
+        "acme": acme_conf,
+        "protocols_postfix": "!SSLv2, !SSLv3, !TLSv1, !TLSv1.1",
+        "protocols_nginx": "TLSv1.2 TLSv1.3",
+        "min_protocol_dovecot": "TLSv1.2",
+        "ciphers": MOZILLA_INTERMEDIATE_CIPHERS,
+    }
+
+
 def verify_address(cfg: SiteConfig) -> str:
     return f"{VERIFY_LOCAL_PART}@{cfg.primary_domain}"
 
@@ -170,7 +237,8 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
         "ports": dict(MAIL_PORTS),
         # The port this host is reached on for SSH is always open: a ruleset without it would
         # lock out every later deploy and `mailstack unlock`.
-        "firewall": {"tcp_ports": sorted({host.ssh_port, *MAIL_PORTS.values()})},
+        "firewall": {"tcp_ports": sorted({host.ssh_port, *MAIL_PORTS.values(),
+                                          WEB["http_port"], WEB["https_port"]})},
         # Bans close the mail ports only, never SSH: deploys and `mailstack unlock` come
         # over SSH, and its key-only logins are not what fail2ban is for here.
         "bans": {
@@ -247,13 +315,10 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
             },
             "relay": relay,
         },
-        "tls": {
-            "cert_file": f"{TLS_DIR}/fullchain.pem",
-            "key_file": f"{TLS_DIR}/privkey.pem",
-            "protocols_postfix": "!SSLv2, !SSLv3, !TLSv1, !TLSv1.1",
-            "min_protocol_dovecot": "TLSv1.2",
-            "ciphers": MOZILLA_INTERMEDIATE_CIPHERS,
-        },
+        "tls": tls_context(cfg, secrets),
+        "web": {**WEB, "mta_sts_names": [n for n in web_names(cfg) if n.startswith("mta-sts.")],
+                "mta_sts_policy": mta_sts_policy(cfg),
+                "acme_webroot": ACME["webroot"]},
         "db": {
             "name": DB_NAME,
             "host": "127.0.0.1",
@@ -329,7 +394,13 @@ def host_vars(context: dict[str, Any]) -> dict[str, Any]:
         "mailstack_vmail": dict(context["mail"]["vmail"]),
         "mailstack_fuse_user": dict(storage["fuse_user"]),
         "mailstack_tls": {"dir": TLS_DIR, "key_file": context["tls"]["key_file"],
-                          "cert_file": context["tls"]["cert_file"]},
+                          "cert_file": context["tls"]["cert_file"],
+                          "certificate": context["tls"]["certificate"],
+                          "names": list(context["tls"]["names"]),
+                          "acme": {k: v for k, v in context["tls"]["acme"].items()
+                                   if k not in ("directory", "email", "reload_units")}},
+        "mailstack_web": {k: context["web"][k] for k in (
+            "service", "conf_file", "root", "stock_site", "acme_webroot")},
         "mailstack_dkim_keys_dir": DKIM_KEYS_DIR,
         "mailstack_sieve_dirs": [SIEVE_DIR, SIEVE_PIPE_DIR],
         "mailstack_spam_group": context["spam"]["group"],

@@ -18,7 +18,7 @@ import jinja2
 import yaml
 
 from mailstack.files import write_atomic
-from mailstack.host import sealer, storage_tool
+from mailstack.host import acme, sealer, storage_tool
 from mailstack.render.context import build_context, host_vars
 from mailstack.resources import resource_dir
 from mailstack.site.config import SiteConfig
@@ -28,6 +28,7 @@ from mailstack.site.inventory import InventoryHost, select_hosts
 HOST_VARS_FILE = "mailstack_vars.yml"
 STORAGE_TOOL_FILE = PurePosixPath(storage_tool.PATH.lstrip("/"))
 SEALER_FILE = PurePosixPath(sealer.PATH.lstrip("/"))
+ACME_TOOL_FILE = PurePosixPath(acme.PATH.lstrip("/"))
 # The sealer's units exist only with an encrypted store.
 SEALER_PREFIXES = ("etc/systemd/system/mailstack-seal",)
 
@@ -41,6 +42,7 @@ SECRET_FILES = {
     "etc/dovecot/dovecot-sql.conf.ext",
     "etc/mailstack/db-users.sql",
     "etc/mailstack/accounts.sql",
+    "etc/mailstack/tls/privkey.pem",
 }
 
 
@@ -86,12 +88,20 @@ def _host_vars_file(context: dict[str, Any]) -> RenderedFile:
 # Files that exist only with the virus scanner (options.antivirus): clamd's settings, its
 # units' drop-ins, rspamd's antivirus module.
 ANTIVIRUS_PREFIXES = ("etc/clamav/", "etc/systemd/system/clamav-daemon.")
+# Files that exist only with ACME certificates (options.tls.certificate: acme), and the
+# certificate itself only when it comes from the vault (files).
+ACME_PREFIXES = ("etc/mailstack/acme.json", "etc/systemd/system/mailstack-acme.")
+IMPORTED_CERTIFICATE = "etc/mailstack/tls/fullchain.pem"
 
 
 def _wanted(target: str, context: dict[str, Any]) -> bool:
     """Whether a template's file belongs to this host: some exist only with an option."""
     if target == "etc/postfix/sasl_passwd":
         return context["mail"]["relay"] is not None
+    if target.startswith(ACME_PREFIXES):
+        return context["tls"]["acme"]["enabled"]
+    if target == IMPORTED_CERTIFICATE:
+        return context["tls"]["chain"] is not None
     if target.startswith(SEALER_PREFIXES):
         return context["storage"]["sealing"]["enabled"]
     if target.startswith(ANTIVIRUS_PREFIXES) or f"/{target}" in context["antivirus"]["rspamd_files"]:
@@ -106,6 +116,8 @@ def render_host(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> list[Rend
              RenderedFile(STORAGE_TOOL_FILE, Path(storage_tool.__file__).read_text(), False)]
     if context["storage"]["sealing"]["enabled"]:
         files.append(RenderedFile(SEALER_FILE, Path(sealer.__file__).read_text(), False))
+    if context["tls"]["acme"]["enabled"]:
+        files.append(RenderedFile(ACME_TOOL_FILE, Path(acme.__file__).read_text(), False))
     for name in sorted(env.list_templates(filter_func=lambda n: n.endswith(".j2"))):
         target = PurePosixPath(name.removesuffix(".j2"))
         if not _wanted(str(target), context):

@@ -30,6 +30,7 @@ def sandbox_site_up(directory: Path) -> tuple[SandboxInfo, bool]:
             admin_email=f"postmaster@{SANDBOX_DOMAIN}",
         ))
         _no_dns_lists(directory / CONFIG_FILE)
+        _self_signed(directory / CONFIG_FILE)
         return info, True
     hosts = load_hosts(directory)
     if [h.name for h in hosts] != [info.hostname]:
@@ -52,3 +53,13 @@ def _no_dns_lists(config: Path) -> None:
         raise MailstackError(f"{config}: no blocklists section where `init` writes it")
     write_atomic(config, text.replace(old, old + "    # The sandbox takes mail from this machine "
                                       "only: no DNS lists.\n    lists: []\n"))
+
+
+def _self_signed(config: Path) -> None:
+    """No CA can reach the sandbox (nor resolve its name): a self-signed certificate."""
+    text = config.read_text(encoding="utf-8")
+    old = "  tls:\n    certificate: acme\n"
+    if old not in text:
+        raise MailstackError(f"{config}: no tls section where `init` writes it")
+    write_atomic(config, text.replace(old, "  # No CA can reach the sandbox.\n"
+                                      "  tls:\n    certificate: self-signed\n"))

@@ -289,6 +289,36 @@ class Spam(_Strict):
         return self
 
 
+LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
+_ACME_URL = re.compile(r"https://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~%/-]*)?")
+
+
+def _acme_url(value: Any) -> str:
+    """An ACME directory: https only (the account key and every order travel over it); it
+    lands in an argv on the host, so nothing but a plain URL passes."""
+    if not isinstance(value, str) or not _ACME_URL.fullmatch(value):
+        raise ValueError("must be an https:// URL of an ACME directory, like "
+                         f"{LETS_ENCRYPT}")
+    return value
+
+
+class Tls(_Strict):
+    """The certificate every service presents (SMTP, IMAP, the web names).
+
+    acme: issued by an ACME CA (Let's Encrypt unless acme_directory says otherwise) for the
+    host name and each domain's mta-sts., autoconfig. and autodiscover. names, renewed by a
+    timer; until it is issued (DNS not there yet, the CA unreachable) a self-signed one is
+    served and every deploy and the timer try again. self-signed: never trusted by clients
+    (a sandbox, a test). files: your own certificate, imported with `mailstack tls import`.
+    The key is the site's (secrets/site.yml): it stays across renewals, so the TLSA record
+    `mailstack dns` prints stays valid."""
+
+    certificate: Literal["acme", "self-signed", "files"] = "acme"
+    acme_directory: Annotated[str, BeforeValidator(_acme_url)] = LETS_ENCRYPT
+    # The ACME account's contact (expiry notices); null: admin_email.
+    acme_email: Address | None = None
+
+
 # Virus scanning: none, or ClamAV's clamd asked by rspamd for every message. Off by default:
 # clamd with the full signature database holds about 1-1.3 GiB of RAM.
 Antivirus = Literal["none", "clamav"]
@@ -306,6 +336,7 @@ class Options(_Strict):
     blocklists: Blocklists = Blocklists()
     resolver: Resolver = Resolver()
     antivirus: Antivirus = "none"
+    tls: Tls = Tls()
 
 
 class User(_Strict):

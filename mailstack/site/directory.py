@@ -274,6 +274,16 @@ options:
   # with less than 1.5 GiB available. freshclam fetches the signatures from
   # database.clamav.net (HTTPS).
   antivirus: none
+
+  # The certificate of SMTP, IMAP and the web names (MTA-STS policy, client autoconfig).
+  # acme: from Let's Encrypt (or acme_directory) for the host name and each domain's
+  # mta-sts., autoconfig. and autodiscover. names (publish `mailstack dns` first), renewed
+  # by a timer with the same key; a self-signed one is served until it is issued.
+  # self-signed: clients warn. files: your own (`mailstack tls import CERT KEY`).
+  tls:
+    certificate: acme
+    acme_directory: https://acme-v02.api.letsencrypt.org/directory
+    acme_email: null
 """
 
 

@@ -4,7 +4,8 @@ A rebuild on a new VPS reuses them, so the DKIM key (and its DNS record) survive
 secret is never regenerated. Layout, all ansible-vault encrypted, mode 0600:
 
 - ``secrets/site.yml``: MariaDB lookup passwords, storage passphrase, relay (smarthost)
-  password, the spam filter's web interface password (and its hash). The verify mailbox has
+  password, the spam filter's web interface password (and its hash), the server's TLS key
+  (and an imported certificate: mailstack.site.tls). The verify mailbox has
   none: `mailstack verify` sets a one-time password for each run.
 - ``secrets/dkim.yml``: one RSA 2048 key pair per domain, with its selector.
 - ``secrets/accounts.yml``: mailbox password hashes (``{ARGON2ID}…``), by address.
@@ -33,7 +34,7 @@ ACCOUNTS_FILE = "accounts.yml"
 # What each file holds, for the message that says how to restore a lost one.
 HOLDS = {
     SITE_FILE: "the storage passphrase (without it the encrypted mail store never opens again), "
-               "the database passwords",
+               "the database passwords, the TLS key",
     DKIM_FILE: "the DKIM keys (a new key would no longer match the published DNS records)",
     ACCOUNTS_FILE: "the mailbox password hashes",
 }
@@ -118,6 +119,15 @@ class Secrets:
                                         and _RSPAMD_HASH.fullmatch(ui_hash)):
             problems.append(f"{d / SITE_FILE}: spam_ui_password_hash is not an rspamd $1$ hash "
                             "(set a new password with `mailstack spam password --new`)")
+        from mailstack.site.tls import CERTIFICATE, KEY, chain_problem, key_problem
+
+        tls_key = self.site.get(KEY)
+        if tls_key is not None and (p := key_problem(tls_key)):
+            problems.append(f"{d / SITE_FILE}: {KEY} {p}")
+        elif tls_key is not None and self.site.get(CERTIFICATE) is not None and (
+                p := chain_problem(self.site[CERTIFICATE], tls_key)):
+            problems.append(f"{d / SITE_FILE}: {CERTIFICATE} {p} (import both again with "
+                            "`mailstack tls import`)")
         for domain, key in self.dkim.items():
             if not isinstance(key, dict) or not isinstance(key.get("selector"), str) \
                     or not _SELECTOR.fullmatch(key["selector"]):
@@ -161,6 +171,10 @@ class Secrets:
             from mailstack.site.spam_ui import new_ui_secrets
 
             self.site.update(new_ui_secrets())
+        from mailstack.site.tls import KEY, new_key
+
+        if not self.site.get(KEY):
+            self.site[KEY] = new_key()
         for domain in domains:
             if domain not in self.dkim:
                 self.dkim[domain] = new_dkim_key()

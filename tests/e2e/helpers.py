@@ -115,6 +115,8 @@ class BoxedHost:
     ip: str
     internet: testbed.Internet
     site: Path
+    # The first deploy's output (its warnings among it).
+    deployed: subprocess.CompletedProcess[str] | None = None
 
 
 @contextmanager
@@ -123,8 +125,8 @@ def host_in_a_box(what: str, site: Path, domain: str, users: Sequence[str], *,
                   before_deploy: Callable[[BoxedHost], None] = lambda bed: None,
                   ) -> Iterator[BoxedHost]:
     """A stack-image host (mail.DOMAIN) and the box on their own network; the site is made
-    with `mailstack init`, changed by `edits`, resolves through the box, has the users and
-    is deployed. Everything is removed afterwards, also on failure."""
+    with `mailstack init`, gets a self-signed certificate, is changed by `edits`, resolves
+    through the box, has the users and is deployed. Everything is removed afterwards, also on failure."""
     tag = secrets.token_hex(3)
     network = name = f"mailstack-e2e-{what}-{tag}"
     key = sandbox.ensure_keypair(sandbox.default_state_dir())
@@ -137,6 +139,7 @@ def host_in_a_box(what: str, site: Path, domain: str, users: Sequence[str], *,
             init = mailstack(None, "init", str(site), "--domain", domain, "--hostname",
                              f"mail.{domain}", "--host", host.ip, "--ssh-key", str(key))
             assert init.returncode == 0, init.stderr
+            testbed.self_signed_site(site)
             edit_config(site, *edits)
             testbed.set_site_resolver(site, internet.resolver_ip, dnssec=False)
             for user in users:
@@ -144,8 +147,8 @@ def host_in_a_box(what: str, site: Path, domain: str, users: Sequence[str], *,
                                  input=PASSWORD + "\n").returncode == 0
             bed = BoxedHost(name, host.ip, internet, site)
             before_deploy(bed)
-            deployed = mailstack(site, "deploy")
-            assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+            bed.deployed = mailstack(site, "deploy")
+            assert bed.deployed.returncode == 0, bed.deployed.stdout + bed.deployed.stderr
             yield bed
     finally:
         testbed.remove_host(name)

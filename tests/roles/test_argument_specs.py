@@ -22,7 +22,7 @@ ONLY_ALWAYS = "mailstack-no-such-tag"
 # The facts `mailstack render` writes for a host (site.yml loads them); the role defaults
 # refer to them.
 RENDERED_FACTS = REPO / "tests" / "golden" / HOST / "mailstack_vars.yml"
-ROLES = ("common", "resolver", "tls", "mariadb", "opendkim", "rspamd", "storage", "dovecot", "postfix",
+ROLES = ("common", "resolver", "tls", "web", "mariadb", "opendkim", "rspamd", "storage", "dovecot", "postfix",
          "fail2ban", "clamav")
 
 

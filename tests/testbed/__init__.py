@@ -67,6 +67,7 @@ __all__ = [
     "remove_network",
     "restart_host",
     "role_packages",
+    "self_signed_site",
     "sender_domain",
     "set_site_resolver",
     "site_records",
@@ -112,6 +113,8 @@ STACK_PACKAGES: tuple[str, ...] = (
     "dovecot-managesieved",
     "clamav-daemon",
     "clamav-freshclam",
+    "nginx",
+    "uacme",
 )
 # Off until a deploy configures them, as every service the roles start: Debian's defaults
 # enable an sshd jail reading /var/log/auth.log, which these hosts (no rsyslog) lack;
@@ -119,7 +122,7 @@ STACK_PACKAGES: tuple[str, ...] = (
 # ClamAV (options.antivirus, off by default) stays off too, and without signatures: freshclam
 # reaches no mirror from here, and a test that turns the scanner on seeds its own.
 STACK_SETUP: tuple[str, ...] = (
-    "systemctl disable --now --quiet fail2ban unbound redis-server",
+    "systemctl disable --now --quiet fail2ban unbound redis-server nginx",
     "systemctl disable --now --quiet clamav-freshclam clamav-daemon.socket clamav-daemon",
     "find /var/lib/clamav -mindepth 1 -delete",
 )
@@ -265,10 +268,23 @@ def offline_site(site: Path) -> None:
     (OFFLINE_RESOLVER), and greylisting is off. Its test clients are not MTAs that retry,
     and with no DNS every outside message scores what a sender without a name scores."""
     set_site_resolver(site, OFFLINE_RESOLVER, dnssec=False)
+    self_signed_site(site)
     config = site / "mailstack.yml"
     text = config.read_text()
     assert "    greylist_score: 4\n" in text, "mailstack.yml has no default greylist_score"
     config.write_text(text.replace("    greylist_score: 4\n", "    greylist_score: null\n"))
+
+
+def self_signed_site(site: Path) -> None:
+    """A site whose certificate is self-signed: no CA reaches a test host, except the box's
+    own (tests/testbed/acme.py), which only the ACME tests use."""
+    config = site / "mailstack.yml"
+    text = config.read_text()
+    if "  tls:\n    certificate: self-signed\n" in text:
+        return  # the sandbox's site
+    assert "  tls:\n    certificate: acme\n" in text, "mailstack.yml has no default tls block"
+    config.write_text(text.replace("  tls:\n    certificate: acme\n",
+                                   "  tls:\n    certificate: self-signed\n"))
 
 
 def restart_host(name: str, *, network: str | None = None) -> Host:

@@ -37,8 +37,10 @@ from testbed import (
 INTERNET_REPO = "mailstack-inet"
 INTERNET_RECIPE_VERSION = "mailstack-inet-1"
 # knot: authoritative (simple config, zone files, signs zones itself when DANE needs it);
-# unbound: the resolver; swaks and postfix: the outside sender; dig for the tests.
-INTERNET_PACKAGES: tuple[str, ...] = ("knot", "unbound", "bind9-dnsutils", "swaks", "postfix")
+# unbound: the resolver; swaks and postfix: the outside sender; dig for the tests; pebble:
+# the ACME CA (Let's Encrypt's test server).
+INTERNET_PACKAGES: tuple[str, ...] = ("knot", "unbound", "bind9-dnsutils", "swaks", "postfix",
+                                      "pebble")
 INTERNET_DEBCONF = "postfix postfix/main_mailer_type select No configuration\n"
 # Every role's container enables only the services it plays; unbound-resolvconf would
 # rewrite the container's own resolv.conf.

@@ -14,8 +14,14 @@ import pytest
 from conftest import PASSWORD
 
 from mailstack.errors import ConfigError
-from mailstack.host import sealer, storage_tool
-from mailstack.render.renderer import SEALER_FILE, STORAGE_TOOL_FILE, render_host, write_tree
+from mailstack.host import acme, sealer, storage_tool
+from mailstack.render.renderer import (
+    ACME_TOOL_FILE,
+    SEALER_FILE,
+    STORAGE_TOOL_FILE,
+    render_host,
+    write_tree,
+)
 from mailstack.site.config import Bans, Blocklists, DnsList, Limits, SiteConfig
 from mailstack.site.inventory import InventoryHost
 from mailstack.site.secrets import Secrets
@@ -41,7 +47,7 @@ def fake_secrets() -> Secrets:
                           "dovecot_password": "FAKE-dovecot-pw"},
               "storage_passphrase": "FAKE-passphrase",
               "relay_password": "FAKE-relay-pw", "spam_ui_password": "FAKE-ui-pw",
-              "spam_ui_password_hash": "$1$FAKE$ui"},
+              "spam_ui_password_hash": "$1$FAKE$ui", "tls_key": "-----FAKE TLS KEY-----\n"},
         dkim={d: {"selector": "s2026", "private_key": f"-----FAKE KEY FOR {d}-----\n"}
               for d in ("example.org", "example.net")},
         accounts={"alice@example.org": "{ARGON2ID}$argon2id$v=19$m=65536,t=3,p=1$FAKE$alice",
@@ -52,7 +58,7 @@ def fake_secrets() -> Secrets:
 def test_rendered_files_match_the_golden_files():
     files = render_host(CONFIG, fake_secrets(), HOST)
     # The host tools are placed verbatim (their source is in the package), not templated.
-    tools = {STORAGE_TOOL_FILE: storage_tool, SEALER_FILE: sealer}
+    tools = {STORAGE_TOOL_FILE: storage_tool, SEALER_FILE: sealer, ACME_TOOL_FILE: acme}
     for f in files:
         if f.path in tools:
             assert f.content == Path(tools[f.path].__file__).read_text()
@@ -75,8 +81,8 @@ def test_rendering_is_deterministic():
 
 def test_every_file_starts_with_the_managed_header():
     for f in render_host(CONFIG, fake_secrets(), HOST):
-        if f.path.suffix == ".private":
-            continue
+        if f.path.suffix in (".private", ".pem") or f.path.name == "mta-sts.txt":
+            continue  # keys and a policy: their formats have no comments
         assert "Managed by mailstack" in "\n".join(f.content.splitlines()[:3]), f.path
 
 
@@ -84,7 +90,7 @@ def test_secrets_land_only_in_0600_files(tmp_path):
     files = render_host(CONFIG, fake_secrets(), HOST)
     write_tree(files, tmp_path / "out")
     secret_values = ("FAKE-postfix-pw", "FAKE-dovecot-pw", "FAKE-relay-pw", "FAKE$alice",
-                     "FAKE KEY FOR")
+                     "FAKE KEY FOR", "FAKE TLS KEY")
     for f in files:
         on_disk = tmp_path / "out" / f.path
         mode = stat.S_IMODE(on_disk.stat().st_mode)
@@ -158,7 +164,7 @@ def test_the_firewall_opens_the_port_the_host_is_reached_on():
     files = {str(f.path): f.content for f in render_host(CONFIG, fake_secrets(), host)}
     facts = yaml.safe_load(files["mailstack_vars.yml"])
     assert facts["mailstack_ssh_port"] == 2222
-    assert facts["mailstack_firewall_tcp_ports"] == [25, 465, 587, 993, 2222, 4190]
+    assert facts["mailstack_firewall_tcp_ports"] == [25, 80, 443, 465, 587, 993, 2222, 4190]
 
 
 def test_postscreen_gets_the_lists_and_the_allowlist():
