@@ -156,6 +156,20 @@ def mta_sts_policy(cfg: SiteConfig) -> dict[str, Any]:
     return {"mode": mode, "text": text, "id": hashlib.sha256(text.encode()).hexdigest()[:20]}
 
 
+def client_settings(cfg: SiteConfig) -> dict[str, Any]:
+    """What a mail client needs (Thunderbird's autoconfig, Outlook's autodiscover, Apple's
+    profile): IMAP over TLS on 993, submission over TLS on 465 (RFC 8314 prefers it to
+    STARTTLS on 587, offered second), the full address as the login."""
+    return {
+        "hostname": cfg.hostname,
+        "domains": sorted(cfg.domains),
+        "primary_domain": cfg.primary_domain,
+        "imap": {"port": MAIL_PORTS["imaps"], "socket": "SSL"},
+        "smtp": [{"port": MAIL_PORTS["submissions"], "socket": "SSL"},
+                 {"port": MAIL_PORTS["submission"], "socket": "STARTTLS"}],
+    }
+
+
 def tls_context(cfg: SiteConfig, secrets: Any) -> dict[str, Any]:
     """The certificate: its files, the names it covers, where it comes from."""
     tls = cfg.options.tls
@@ -316,9 +330,11 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
             "relay": relay,
         },
         "tls": tls_context(cfg, secrets),
-        "web": {**WEB, "mta_sts_names": [n for n in web_names(cfg) if n.startswith("mta-sts.")],
+        "web": {**WEB, "acme_webroot": ACME["webroot"],
+                **{f"{prefix.replace('-', '_')}_names": [f"{prefix}.{d}" for d in domains]
+                   for prefix in WEB_NAME_PREFIXES},
                 "mta_sts_policy": mta_sts_policy(cfg),
-                "acme_webroot": ACME["webroot"]},
+                "client": client_settings(cfg)},
         "db": {
             "name": DB_NAME,
             "host": "127.0.0.1",
