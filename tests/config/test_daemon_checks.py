@@ -132,6 +132,12 @@ def test_postfix_checker_catches_a_bad_parameter(host):
     assert "unused parameter: smtpd_tls_security_levle" in proc.stderr
 
 
+def test_nginx_accepts_its_config(host):
+    # Debian's example site is the other default server on port 80 (the web role removes it).
+    run(host, "rm", "-f", "/etc/nginx/sites-enabled/default")
+    assert_clean(run(host, "nginx", "-t", "-q"))
+
+
 def test_dovecot_accepts_its_config(host):
     proc = run(host, "doveconf", "-n")
     assert_clean(proc)

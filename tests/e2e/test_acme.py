@@ -18,6 +18,7 @@ is left out: a name not in DNS yet must not cost the certificate). The story, in
 from __future__ import annotations
 
 import http.client
+import json
 import socket
 import ssl
 import xml.etree.ElementTree as ET
@@ -202,6 +203,31 @@ def test_the_next_deploy_gets_a_trusted_certificate_for_every_port(bed, site_key
     resp = plain.getresponse()
     assert resp.status == 301
     assert resp.getheader("Location") == f"https://autoconfig.{DOMAIN}/mail/config-v1.1.xml"
+
+
+def test_verify_finds_the_certificate_trusted_and_the_policy_served(bed, tmp_path, monkeypatch):
+    # The controller trusts pebble's root as a machine trusts Let's Encrypt's.
+    roots = tmp_path / "roots.pem"
+    roots.write_text(bed.ca.issuing_root())
+    monkeypatch.setenv("SSL_CERT_FILE", str(roots))
+    result = mailstack(bed.site, "verify", "--json")
+    checks = {c["name"]: c for c in json.loads(result.stdout)}
+    # (This host has no fail2ban and the box no real blocklists: those checks are others'.)
+    ours = [c for name, c in checks.items() if "certificate" in name or "TLSA" in name
+            or "MTA-STS" in name or name.startswith(("port ", "STARTTLS"))]
+    assert len(ours) >= 9 and all(c["passed"] for c in ours), json.dumps(ours, indent=2)
+    assert checks["certificate trusted, with time left"]["detail"].startswith(
+        f"trusted for {HOSTNAME} on every port")
+    assert checks[f"MTA-STS policy of {DOMAIN} served"]["detail"] == f"mode enforce, mx {HOSTNAME}"
+    assert "every port presents the site's key (TLSA)" in checks
+    # A client that trusts nothing of the kind: the check fails and says why.
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "none.pem"))
+    (tmp_path / "none.pem").write_text("")
+    result = mailstack(bed.site, "verify", "--json")
+    assert result.returncode != 0
+    checks = {c["name"]: c for c in json.loads(result.stdout)}
+    assert not checks["certificate trusted, with time left"]["passed"]
+    assert "not trusted for" in checks["certificate trusted, with time left"]["detail"]
 
 
 def test_a_deploy_after_that_changes_nothing(bed):
