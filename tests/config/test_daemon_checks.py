@@ -54,12 +54,12 @@ def host(rendered: Path):
     testbed.start_host(name, testbed.stack_image(), hostname="mail.example.org")
     try:
         sh = lambda script: testbed.exec_in(name, ["sh", "-ec", script])  # noqa: E731
-        sh("mkdir -p /etc/mailstack/tls && openssl req -x509 -newkey rsa:2048 -nodes -days 2 "
-           "-subj /CN=mail.example.org -keyout /etc/mailstack/tls/privkey.pem "
-           "-out /etc/mailstack/tls/fullchain.pem 2>/dev/null")
         # resolv.conf is a mount point in a container (the resolver role writes it in place).
         (rendered / "etc" / "resolv.conf").unlink()
         subprocess.run(["docker", "cp", f"{rendered}/.", f"{name}:/"], check=True)
+        # The rendered tree brings the site's key; the tls role makes a certificate for it.
+        sh("openssl req -x509 -key /etc/mailstack/tls/privkey.pem -days 2 "
+           "-subj /CN=mail.example.org -out /etc/mailstack/tls/fullchain.pem")
         sh("chown -R opendkim:opendkim /etc/opendkim/keys && chmod 0600 "
            "/etc/opendkim/keys/*/*.private && postmap /etc/postfix/sasl_passwd")
         yield name
