@@ -201,9 +201,13 @@ def install(conf: dict, issued: str) -> None:
         raise
     # Only running units: a locked store keeps Dovecot stopped, and it reads the new
     # certificate when unlock starts it.
-    proc = run(["systemctl", "try-reload-or-restart", *conf["reload_units"]])
-    if proc.returncode != 0:
-        raise Failed(f"the certificate is in place but a reload failed: {proc.stderr.strip()}")
+    for unit in conf["reload_units"]:
+        if run(["systemctl", "is-active", "--quiet", unit]).returncode != 0:
+            continue
+        proc = run(["systemctl", "reload-or-restart", unit])
+        if proc.returncode != 0:
+            raise Failed(f"the certificate is in place but reloading {unit} failed: "
+                         f"{proc.stderr.strip()}")
 
 
 def issue(conf: dict, force: bool = False) -> str:

@@ -50,7 +50,7 @@ def test_a_deploy_over_port_2222_keeps_that_port_open(host, tmp_path):
     ruleset = testbed.exec_in(name, ["nft", "list", "table", "inet", "mailstack"]).stdout
     ports = re.search(r"tcp dport \{ ([0-9, ]+) \} accept", ruleset)
     assert ports, ruleset
-    assert [int(p) for p in ports.group(1).split(",")] == [25, 465, 587, 993, PORT, 4190]
+    assert [int(p) for p in ports.group(1).split(",")] == [25, 80, 443, 465, 587, 993, PORT, 4190]
     # The firewall is loaded now: the next deploy and the storage tool still get in.
     again = mailstack(site, "deploy")
     assert again.returncode == 0, again.stdout + again.stderr

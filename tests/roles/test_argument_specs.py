@@ -171,7 +171,8 @@ def test_role_defaults_repeat_no_rendered_fact(role: str) -> None:
             yield value
 
     # Names that are also package or unit names (gocryptfs, dovecot) may appear as such.
-    shared_names = {facts["mailstack_storage"]["encryption"], *facts["mailstack_storage"]["bound_services"]}
+    shared_names = {facts["mailstack_storage"]["encryption"], *facts["mailstack_storage"]["bound_services"],
+                    facts["mailstack_web"]["service"], facts["mailstack_mta_sts"]["service"]}
     # A yes/no (mailstack_bans_enabled) is no fact a default could repeat.
     rendered = {v for v in leaves(facts) if v not in shared_names and not isinstance(v, bool)}
     text = (REPO / "roles" / role / "defaults" / "main.yml").read_text()

@@ -20,7 +20,7 @@ HOSTNAME = "mail.example.org"
 DOMAIN = "example.org"
 USER = "alice@example.org"
 PASSWORD = "correct horse battery staple"
-PUBLIC_PORTS = (25, 465, 587, 993, 4190)
+PUBLIC_PORTS = (25, 80, 443, 465, 587, 993, 4190)
 
 
 def sh(host, command: str, *args: str) -> str:
@@ -45,7 +45,8 @@ def listeners(host) -> list[tuple[str, int]]:
 
 @pytest.mark.parametrize(
     "unit", ["postfix@-", "dovecot", "opendkim", "mariadb", "nftables", "rspamd",
-             "redis-server", "unbound"]
+             "redis-server", "unbound", "nginx", "postfix-mta-sts-resolver",
+             "mailstack-acme.timer"]
 )
 def test_service_running_and_enabled(host, unit):
     service = host.service(unit)
@@ -70,13 +71,13 @@ def test_no_plain_imap(host):
     assert not [a for a, p in listeners(host) if p == 143]
 
 
-@pytest.mark.parametrize("port", [3306, 8891, 11332, 11334, 6379, 53])
+@pytest.mark.parametrize("port", [3306, 8891, 11332, 11334, 6379, 53, 8461])
 def test_backend_port_on_loopback_only(host, port):
     addrs = {a for a, p in listeners(host) if p == port}
     assert addrs == {"127.0.0.1"}, f"port {port} listens on {addrs}"
 
 
-def test_firewall_opens_only_the_mail_and_ssh_ports(host):
+def test_firewall_opens_only_the_mail_web_and_ssh_ports(host):
     ruleset = json.loads(sh(host, "nft -j list table inet mailstack"))["nftables"]
     chains = [i["chain"] for i in ruleset if "chain" in i]
     (input_chain,) = [c for c in chains if c.get("hook") == "input"]
@@ -93,7 +94,7 @@ def test_firewall_opens_only_the_mail_and_ssh_ports(host):
                 right = match["right"]
                 values = right["set"] if isinstance(right, dict) else [right]
                 ports.update(int(v) for v in values)
-    assert ports == {22, 25, 465, 587, 993, 4190}
+    assert ports == {22, 25, 80, 443, 465, 587, 993, 4190}
 
 
 # --------------------------------------------------------------------------- host
