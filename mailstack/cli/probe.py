@@ -31,13 +31,13 @@ def dns(
     format: Annotated[str, typer.Option(
         "--format", help="zone (for a zone file or to read) or json (for APIs).")] = "zone",
 ) -> None:
-    """The DNS records the site needs: A, MX, SPF, DKIM, DMARC, and the PTR to ask for."""
-    from mailstack.render.dns import as_json, records, zone
-    from mailstack.site.inventory import load_hosts
+    """The DNS records the site needs: address, DANE, MX, SPF, DKIM, DMARC, MTA-STS,
+    TLS-RPT, the web names and the mail clients' SRV records, and the PTR to ask for."""
+    from mailstack.render.dns import as_json, site_records, zone
 
     if format not in ("zone", "json"):
         raise MailstackError(f"--format {format!r}: choose zone or json")
-    site = opts(ctx).site()
-    keys = {d: site.secrets.dkim_key(d) for d in site.config.domains}
-    recs = records(site.config, keys, load_hosts(site.root, site.inventory))
-    typer.echo((zone(recs) if format == "zone" else as_json(recs)).rstrip("\n"))
+    recs, notes = site_records(opts(ctx).site())
+    for note in notes:
+        typer.secho(f"warning: {note}", err=True, fg=typer.colors.YELLOW)
+    typer.echo((zone(recs, notes) if format == "zone" else as_json(recs)).rstrip("\n"))
