@@ -7,9 +7,9 @@ autoconfig., autodiscover., CNAMEs to the host name) and the RFC 6186/8314 SRV r
 clients use to find the server. The PTR of each address comes last: the provider of the
 address sets it, not the zone.
 
-Each record has a kind, which says what it is for (REQUIRED, MUST_MATCH, SHARED_TXT). The
-order is fixed (hosts, then each domain in mailstack.yml's order) so that two runs print
-the same text.
+Each record has a kind; `mailstack dns check` and `mailstack dns push` treat records by it
+(REQUIRED, MUST_MATCH, SHARED_TXT). The order is fixed (hosts, then each domain in
+mailstack.yml's order) so that two runs print the same text.
 """
 
 from __future__ import annotations
@@ -185,7 +185,8 @@ def _txt(value: str) -> str:
 
 def zone(recs: list[Record], notes: Sequence[str] = ()) -> str:
     width = max(len(r.name) for r in recs)
-    lines = ["; DNS records for mailstack: publish them at your DNS provider."]
+    lines = ["; DNS records for mailstack: publish them at your DNS provider "
+             "(or with `mailstack dns push`)."]
     lines += [f"; {note}" for note in notes]
     for r in recs:
         if r.type == "PTR":
