@@ -121,24 +121,23 @@ class NameServer:
     name: str
     addresses: list[str]
     port: int = DNS_PORT
-    _dead: set[str] = field(default_factory=set, repr=False)
+    _dead: dict[str, str] = field(default_factory=dict, repr=False)  # address -> why
 
     @property
     def label(self) -> str:
         return f"{self.name} ({', '.join(self.addresses) or 'no address'})"
 
     def ask(self, name: str, rdtype: str) -> Reply:
-        """Ask at the first address that answers (a machine without IPv6 skips the rest)."""
-        errors = []
+        """Ask at the first address that answers (a machine without IPv6 skips the rest); an
+        address that failed once is not asked again, so a dead server costs one timeout."""
         for address in self.addresses:
-            if address in self._dead and len(self._dead) < len(self.addresses):
+            if address in self._dead:
                 continue
             try:
                 return ask(Server(address, self.port, self.name), name, rdtype, recursive=False)
             except QueryFailed as exc:
-                self._dead.add(address)
-                errors.append(f"{address} port {self.port}: {exc}")
-        raise QueryFailed("; ".join(errors) or "no address")
+                self._dead[address] = f"{address} port {self.port}: {exc}"
+        raise QueryFailed("; ".join(self._dead.values()) or "no address")
 
 
 class Resolver:

@@ -118,7 +118,8 @@ def _server(configured: str | None, zone: str, asker) -> NameServer:
         addresses = [host] if _is_ip(host) else asker().addresses(host)
         primary = NameServer(host, addresses, port or DNS_PORT)
     if not primary.addresses:
-        raise MailstackError(f"the primary of {zone}, {primary.name}, has no address in DNS")
+        raise MailstackError(f"the primary of {zone}, {primary.name}, has no address in DNS: "
+                             "name the server that takes updates in options.dns_update.server")
     return primary
 
 

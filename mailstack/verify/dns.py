@@ -174,6 +174,11 @@ def check(site: Any, resolver_server: Server | None, *, ns_port: int = 53) -> Re
     resolver = Resolver(resolver_server)
     hostname = site.config.hostname + "."
     zone_of, zones, warnings = _zones(resolver, recs, ns_port)
+    for domain in site.config.domains:
+        zone = zone_of.get(domain + ".", "")
+        if zone.count(".") == 1:  # "org.": the domain has no zone of its own
+            warnings.append(f"{domain} lies in the zone {zone}, a top-level domain: it is not "
+                            "delegated (yet); register it and set its name servers")
     expected = {r.value for r in recs if r.kind == "address" and not r.placeholder}
     host_addresses = expected or set(resolver.addresses(hostname))
     tlsa = next((r for r in recs if r.type == "TLSA"), None)

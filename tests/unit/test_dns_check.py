@@ -311,3 +311,12 @@ def test_push_dry_run_shows_the_update_and_sends_nothing(runner, site, server):
     assert f"mta-sts.{DOMAIN}. ANY ANY\nmta-sts.{DOMAIN}. 3600 IN CNAME mail.{DOMAIN}.\n" in out
     assert "PTR" not in out and "TSIG" not in out
     assert "UPDATE" not in server.opcodes  # only the current TXT records were asked
+
+
+def test_a_domain_that_is_not_delegated_is_named(site, server):
+    server.serve("org.", [])  # the registry's zone: example.org has no zone of its own
+    report = run_check(site, server)
+    assert {r.status for r in report.results} == {"missing"} and not report.passed
+    assert list(report.zones) == ["org."]
+    assert "example.org lies in the zone org., a top-level domain: it is not delegated" \
+        in report.warnings[0]
