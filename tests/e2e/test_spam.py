@@ -124,7 +124,7 @@ def bed(tmp_path_factory):
                                   "answers: 127.0.0.2}]\n"))
     with host_in_a_box("spam", tmp_path_factory.mktemp("spam") / "site", DOMAIN, [ALICE, BOB, CAROL],
                        edits=edits, before_deploy=outside_domains(key_pem)) as host:
-        yield Bed(host.name, host.ip, host.internet, host.site, key_pem)
+        yield Bed(host.name, host.ip, host.internet, host.site, key_pem=key_pem)
 
 
 def fetch(ip: str, user: str, subject: str, folder: str = "INBOX", timeout: float = 30) -> list[bytes]:
