@@ -73,6 +73,31 @@ def user_list(ctx: typer.Context) -> None:
 
 
 
+@user_app.command("profile")
+def user_profile(
+    ctx: typer.Context,
+    address: Annotated[str, typer.Argument()],
+    with_password: Annotated[bool, typer.Option(
+        "--with-password", help="Put the password in the profile (asked, or --password-stdin); "
+                                "it must be the mailbox's.")] = False,
+    password_stdin: Annotated[bool, typer.Option("--password-stdin")] = False,
+) -> None:
+    """Print an Apple configuration profile for a mailbox (iPhone, iPad, Mac):
+    `mailstack user profile alice@example.org > alice.mobileconfig`. No password inside
+    unless --with-password: the phone asks for it."""
+    import sys
+
+    from mailstack.render.profile import mobileconfig
+    from mailstack.site.names import normalize_address
+
+    site = opts(ctx).site()
+    password = None
+    if with_password or password_stdin:
+        site, password = site_and_password(ctx, address, password_stdin)
+    data = mobileconfig(site, normalize_address(address), password)
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
 
 # --- aliases -----------------------------------------------------------------------------
 

@@ -137,6 +137,8 @@ def uacme(conf: dict, *args: str) -> subprocess.CompletedProcess:
     except subprocess.TimeoutExpired:
         raise Failed(f"the ACME server {conf['directory']} did not answer within "
                      f"{UACME_TIMEOUT} s") from None
+    except OSError as exc:
+        raise Failed(f"cannot run {UACME}: {exc.strerror} (is Debian's uacme installed?)") from None
 
 
 def last_error(proc: subprocess.CompletedProcess) -> str:
@@ -210,17 +212,20 @@ def issue(conf: dict, force: bool = False) -> str:
     skipped = f"; not yet in DNS: {', '.join(left_out)}" if left_out else ""
     if why is None:
         return f"current: {', '.join(names)}{skipped}"
-    ensure_account(conf)
-    link_key(conf)
-    os.makedirs(os.path.join(conf["webroot"], ".well-known", "acme-challenge"), mode=0o755,
-                exist_ok=True)
-    # -f: this program decided a new certificate is due (uacme's own check knows nothing of
-    # the self-signed stand-in); -n: never a key of uacme's own; -o: no OCSP (CAs drop it).
-    proc = uacme(conf, "-n", "-o", "-f", "-d", str(conf["renew_days"]), "-h", PATH,
-                 "issue", *names)
-    if proc.returncode != 0:
-        raise Failed(f"{conf['directory']} did not issue a certificate for "
-                     f"{', '.join(names)} ({why}): {last_error(proc)}")
+    try:
+        ensure_account(conf)
+        link_key(conf)
+        os.makedirs(os.path.join(conf["webroot"], ".well-known", "acme-challenge"), mode=0o755,
+                    exist_ok=True)
+        # -f: this program decided a new certificate is due (uacme's own check knows nothing
+        # of the self-signed stand-in); -n: never a key of uacme's own; -o: no OCSP.
+        proc = uacme(conf, "-n", "-o", "-f", "-d", str(conf["renew_days"]), "-h", PATH,
+                     "issue", *names)
+        if proc.returncode != 0:
+            raise Failed(f"{conf['directory']} did not issue a certificate for "
+                         f"{', '.join(names)}: {last_error(proc)}")
+    except Failed as exc:
+        raise Failed(f"a certificate is due ({why}), but {exc}") from None
     install(conf, os.path.join(conf["confdir"], conf["hostname"], "cert.pem"))
     return f"issued: {', '.join(names)} ({why}){skipped}"
 

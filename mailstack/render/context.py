@@ -55,6 +55,10 @@ WEB_NAME_PREFIXES = ("mta-sts", "autoconfig", "autodiscover")
 ACME = {"confdir": "/etc/mailstack/acme", "webroot": "/var/lib/mailstack/acme",
         "renew_days": 30, "service_unit": "mailstack-acme.service",
         "timer_unit": "mailstack-acme.timer"}
+# Outbound MTA-STS (RFC 8461): postfix-mta-sts-resolver answers Postfix's policy lookups
+# (socketmap) from the policies it fetches and caches.
+MTA_STS_RESOLVER = {"service": "postfix-mta-sts-resolver", "conf_file": "/etc/mta-sts-daemon.yml",
+                    "address": "127.0.0.1", "port": 8461, "cache_file": "/var/lib/mta-sts/cache.db"}
 # MTA-STS (RFC 8461): how long senders keep the policy. enforce: a week (the RFC suggests
 # weeks); testing: a day, so the switch to enforce reaches them soon.
 MTA_STS_MAX_AGE = {"enforce": 604800, "testing": 86400}
@@ -154,6 +158,20 @@ def mta_sts_policy(cfg: SiteConfig) -> dict[str, Any]:
         ("version", "STSv1"), ("mode", mode), ("mx", cfg.hostname),
         ("max_age", MTA_STS_MAX_AGE[mode])))
     return {"mode": mode, "text": text, "id": hashlib.sha256(text.encode()).hexdigest()[:20]}
+
+
+def client_settings(cfg: SiteConfig) -> dict[str, Any]:
+    """What a mail client needs (Thunderbird's autoconfig, Outlook's autodiscover, Apple's
+    profile): IMAP over TLS on 993, submission over TLS on 465 (RFC 8314 prefers it to
+    STARTTLS on 587, offered second), the full address as the login."""
+    return {
+        "hostname": cfg.hostname,
+        "domains": sorted(cfg.domains),
+        "primary_domain": cfg.primary_domain,
+        "imap": {"port": MAIL_PORTS["imaps"], "socket": "SSL"},
+        "smtp": [{"port": MAIL_PORTS["submissions"], "socket": "SSL"},
+                 {"port": MAIL_PORTS["submission"], "socket": "STARTTLS"}],
+    }
 
 
 def tls_context(cfg: SiteConfig, secrets: Any) -> dict[str, Any]:
@@ -316,9 +334,18 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
             "relay": relay,
         },
         "tls": tls_context(cfg, secrets),
-        "web": {**WEB, "mta_sts_names": [n for n in web_names(cfg) if n.startswith("mta-sts.")],
+        # How Postfix sends: with DANE (TLSA records through the validating resolver) and
+        # MTA-STS policies when it delivers itself; through a relay host, the relay's
+        # verified TLS alone (the recipients' policies are the relay's business).
+        "smtp_tls": {
+            "dane": relay is None,
+            "mta_sts": {**MTA_STS_RESOLVER, "enabled": relay is None},
+        },
+        "web": {**WEB, "acme_webroot": ACME["webroot"],
+                **{f"{prefix.replace('-', '_')}_names": [f"{prefix}.{d}" for d in domains]
+                   for prefix in WEB_NAME_PREFIXES},
                 "mta_sts_policy": mta_sts_policy(cfg),
-                "acme_webroot": ACME["webroot"]},
+                "client": client_settings(cfg)},
         "db": {
             "name": DB_NAME,
             "host": "127.0.0.1",
@@ -399,6 +426,8 @@ def host_vars(context: dict[str, Any]) -> dict[str, Any]:
                           "names": list(context["tls"]["names"]),
                           "acme": {k: v for k, v in context["tls"]["acme"].items()
                                    if k not in ("directory", "email", "reload_units")}},
+        "mailstack_mta_sts": {k: context["smtp_tls"]["mta_sts"][k] for k in (
+            "enabled", "service", "conf_file")},
         "mailstack_web": {k: context["web"][k] for k in (
             "service", "conf_file", "root", "stock_site", "acme_webroot")},
         "mailstack_dkim_keys_dir": DKIM_KEYS_DIR,

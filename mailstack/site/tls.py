@@ -38,10 +38,15 @@ def _public_der(private_pem: str) -> bytes:
                                          serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
+def spki_sha256(private_pem: str) -> str:
+    """SHA-256 of the key's SubjectPublicKeyInfo, in hex."""
+    return hashlib.sha256(_public_der(private_pem)).hexdigest()
+
+
 def tlsa_311(private_pem: str) -> str:
     """The DANE-EE TLSA data `3 1 1 <sha256 of the SubjectPublicKeyInfo>`: it names the key,
     not the certificate, so renewals with the same key keep it valid."""
-    return "3 1 1 " + hashlib.sha256(_public_der(private_pem)).hexdigest()
+    return "3 1 1 " + spki_sha256(private_pem)
 
 
 def key_problem(value: object) -> str | None:

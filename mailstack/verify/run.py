@@ -7,14 +7,16 @@ even a misconfigured (open) server is never made to send mail elsewhere.
 
 from __future__ import annotations
 
+import http.client
 import imaplib
 import smtplib
 import ssl
 
-from mailstack.render.context import verify_address
+from mailstack.render.context import mta_sts_policy, verify_address
 from mailstack.site.directory import Site
 from mailstack.site.inventory import InventoryHost, select_hosts
-from mailstack.verify import probes
+from mailstack.site.tls import site_key, spki_sha256
+from mailstack.verify import certificate, probes
 from mailstack.verify.host import host_checks, one_time_password
 from mailstack.verify.probes import Probe, Target
 from mailstack.verify.report import Check
@@ -36,7 +38,8 @@ class Recorder:
     def attempt(self, name: str, probe: Probe) -> bool:
         try:
             passed, detail = probe()
-        except (OSError, smtplib.SMTPException, imaplib.IMAP4.error, ssl.SSLError) as exc:
+        except (OSError, smtplib.SMTPException, imaplib.IMAP4.error, ssl.SSLError,
+                http.client.HTTPException) as exc:
             passed, detail = False, f"{type(exc).__name__}: {exc}"
         return self.record(name, passed, detail)
 
@@ -47,9 +50,17 @@ def target(site: Site, host: InventoryHost, password: str) -> Target:
                   password=password, domain=cfg.primary_domain, dkim_keys=site.secrets.dkim)
 
 
-def probe_host(t: Target, rec: Recorder) -> None:
-    for name, probe in [*probes.listening(t), *probes.authentication(t), *probes.refusals(t),
-                        *probes.filtering(t)]:
+def cert_target(site: Site, host: InventoryHost) -> certificate.CertTarget:
+    cfg = site.config
+    return certificate.CertTarget(
+        address=host.address, hostname=cfg.hostname, mode=cfg.options.tls.certificate,
+        key_spki_sha256=spki_sha256(site_key(site.secrets)), domains=tuple(sorted(cfg.domains)),
+        mta_sts_policy=mta_sts_policy(cfg)["text"])
+
+
+def probe_host(t: Target, c: certificate.CertTarget, rec: Recorder) -> None:
+    for name, probe in [*probes.listening(t), *certificate.certificate(c),
+                        *probes.authentication(t), *probes.refusals(t), *probes.filtering(t)]:
         rec.attempt(name, probe)
     round_trip(t, rec)
     # Last: a failed login makes Dovecot delay this client's next logins (auth penalty).
@@ -64,6 +75,6 @@ def verify(site: Site, only_host: str | None = None) -> list[Check]:
         rec = Recorder(host.name)
         host_checks(site, host, rec)
         with one_time_password(site, host, rec) as password:
-            probe_host(target(site, host, password), rec)
+            probe_host(target(site, host, password), cert_target(site, host), rec)
         results.extend(rec.results)
     return results

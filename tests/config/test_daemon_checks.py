@@ -54,12 +54,12 @@ def host(rendered: Path):
     testbed.start_host(name, testbed.stack_image(), hostname="mail.example.org")
     try:
         sh = lambda script: testbed.exec_in(name, ["sh", "-ec", script])  # noqa: E731
-        sh("mkdir -p /etc/mailstack/tls && openssl req -x509 -newkey rsa:2048 -nodes -days 2 "
-           "-subj /CN=mail.example.org -keyout /etc/mailstack/tls/privkey.pem "
-           "-out /etc/mailstack/tls/fullchain.pem 2>/dev/null")
         # resolv.conf is a mount point in a container (the resolver role writes it in place).
         (rendered / "etc" / "resolv.conf").unlink()
         subprocess.run(["docker", "cp", f"{rendered}/.", f"{name}:/"], check=True)
+        # The rendered tree brings the site's key; the tls role makes a certificate for it.
+        sh("openssl req -x509 -key /etc/mailstack/tls/privkey.pem -days 2 "
+           "-subj /CN=mail.example.org -out /etc/mailstack/tls/fullchain.pem")
         sh("chown -R opendkim:opendkim /etc/opendkim/keys && chmod 0600 "
            "/etc/opendkim/keys/*/*.private && postmap /etc/postfix/sasl_passwd")
         yield name
@@ -130,6 +130,12 @@ def test_postfix_checker_catches_a_bad_parameter(host):
                                  "echo 'smtpd_tls_security_levle = may' >> /tmp/pf/main.cf && "
                                  "postconf -c /tmp/pf -n >/dev/null")
     assert "unused parameter: smtpd_tls_security_levle" in proc.stderr
+
+
+def test_nginx_accepts_its_config(host):
+    # Debian's example site is the other default server on port 80 (the web role removes it).
+    run(host, "rm", "-f", "/etc/nginx/sites-enabled/default")
+    assert_clean(run(host, "nginx", "-t", "-q"))
 
 
 def test_dovecot_accepts_its_config(host):

@@ -10,16 +10,19 @@ the certificate. The story, in order:
 2. the CA is back, the next deploy gets a certificate: SMTP on 25 and 587 (STARTTLS), 465,
    IMAP on 993 and HTTPS on 443 present a chain that verifies against the CA's root for the
    host name, with the site's key (the TLSA record `mailstack dns` prints stays valid); the
-   MTA-STS policy is served over it in mode enforce;
+   MTA-STS policy is served over it in mode enforce, so are Thunderbird's autoconfig and
+   Outlook's autodiscover (POST); port 80 only redirects;
 3. a deploy after that changes nothing;
 4. a renewal (forced) is served on every port with no human step, with the same key.
 """
 
 from __future__ import annotations
 
+import http.client
+import json
 import socket
 import ssl
-import urllib.request
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 import pytest
@@ -39,6 +42,12 @@ ALICE = f"alice@{DOMAIN}"
 TOOL = "/usr/local/sbin/mailstack-acme"
 # Every port that presents the certificate, and how a client gets to TLS on it.
 PORTS = {25: "smtp", 587: "smtp", 465: "tls", 993: "tls", 443: "tls"}
+AUTODISCOVER_REQUEST = (
+    b'<?xml version="1.0" encoding="utf-8"?><Autodiscover xmlns="http://schemas.microsoft.com/'
+    b'exchange/autodiscover/outlook/requestschema/2006"><Request><EMailAddress>'
+    + ALICE.encode() + b'</EMailAddress><AcceptableResponseSchema>http://schemas.microsoft.com/'
+    b'exchange/autodiscover/outlook/responseschema/2006a</AcceptableResponseSchema></Request>'
+    b'</Autodiscover>')
 
 
 @dataclass
@@ -77,6 +86,22 @@ def served_certificate(ip: str, port: int, ctx: ssl.SSLContext,
             return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
     finally:
         sock.close()
+
+
+def https(ip: str, name: str, path: str, ctx: ssl.SSLContext,
+          body: bytes | None = None) -> tuple[int, bytes]:
+    """A request to name (SNI, Host and the certificate's name) at ip, as a client that
+    resolved name to ip does; POST with a body."""
+    conn = http.client.HTTPSConnection(name, context=ctx, timeout=15)
+    conn.sock = ctx.wrap_socket(socket.create_connection((ip, 443), timeout=15),
+                                server_hostname=name)
+    try:
+        conn.request("POST" if body is not None else "GET", path, body=body,
+                     headers={"Content-Type": "text/xml"} if body is not None else {})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
 
 
 def unchecked() -> ssl.SSLContext:
@@ -158,14 +183,51 @@ def test_the_next_deploy_gets_a_trusted_certificate_for_every_port(bed, site_key
     assert spki(cert) == site_key_spki  # the vault's key: the TLSA record stays valid
     assert names(cert) == {HOSTNAME, f"mta-sts.{DOMAIN}", f"autoconfig.{DOMAIN}"}
     # The MTA-STS policy, fetched as a sender does: HTTPS to mta-sts.DOMAIN, verified.
-    policy_ctx = trusting(bed.ca.issuing_root())
-    served_certificate(bed.ip, 443, policy_ctx, server_name=f"mta-sts.{DOMAIN}")
-    request = urllib.request.Request(f"https://{bed.ip}/.well-known/mta-sts.txt",
-                                     headers={"Host": f"mta-sts.{DOMAIN}"})
-    policy_ctx.check_hostname = False  # urllib sends the address as SNI; the chain is checked
-    with urllib.request.urlopen(request, context=policy_ctx, timeout=10) as resp:
-        policy = resp.read().decode()
-    assert f"mx: {HOSTNAME}\n" in policy and "mode: enforce\n" in policy
+    status, policy = https(bed.ip, f"mta-sts.{DOMAIN}", "/.well-known/mta-sts.txt", ctx)
+    assert status == 200
+    assert f"mx: {HOSTNAME}\n".encode() in policy and b"mode: enforce\n" in policy
+    # Thunderbird's autoconfig, over the same trusted certificate.
+    status, body = https(bed.ip, f"autoconfig.{DOMAIN}",
+                         f"/mail/config-v1.1.xml?emailaddress={ALICE}", ctx)
+    assert status == 200
+    assert ET.fromstring(body).find("emailProvider/incomingServer/hostname").text == HOSTNAME
+    # Outlook POSTs its request (autodiscover. is not in DNS here: the name is not checked).
+    loose = trusting(bed.ca.issuing_root())
+    loose.check_hostname = False
+    status, body = https(bed.ip, f"autodiscover.{DOMAIN}", "/autodiscover/autodiscover.xml",
+                         loose, body=AUTODISCOVER_REQUEST)
+    assert status == 200 and HOSTNAME.encode() in body and b"<Type>IMAP</Type>" in body
+    # Nothing but redirects and challenges on port 80.
+    plain = http.client.HTTPConnection(bed.ip, 80, timeout=10)
+    plain.request("GET", "/mail/config-v1.1.xml", headers={"Host": f"autoconfig.{DOMAIN}"})
+    resp = plain.getresponse()
+    assert resp.status == 301
+    assert resp.getheader("Location") == f"https://autoconfig.{DOMAIN}/mail/config-v1.1.xml"
+
+
+def test_verify_finds_the_certificate_trusted_and_the_policy_served(bed, tmp_path, monkeypatch):
+    # The controller trusts pebble's root as a machine trusts Let's Encrypt's.
+    roots = tmp_path / "roots.pem"
+    roots.write_text(bed.ca.issuing_root())
+    monkeypatch.setenv("SSL_CERT_FILE", str(roots))
+    result = mailstack(bed.site, "verify", "--json")
+    checks = {c["name"]: c for c in json.loads(result.stdout)}
+    # (This host has no fail2ban and the box no real blocklists: those checks are others'.)
+    ours = [c for name, c in checks.items() if "certificate" in name or "TLSA" in name
+            or "MTA-STS" in name or name.startswith(("port ", "STARTTLS"))]
+    assert len(ours) >= 9 and all(c["passed"] for c in ours), json.dumps(ours, indent=2)
+    assert checks["certificate trusted, with time left"]["detail"].startswith(
+        f"trusted for {HOSTNAME} on every port")
+    assert checks[f"MTA-STS policy of {DOMAIN} served"]["detail"] == f"mode enforce, mx {HOSTNAME}"
+    assert "every port presents the site's key (TLSA)" in checks
+    # A client that trusts nothing of the kind: the check fails and says why.
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "none.pem"))
+    (tmp_path / "none.pem").write_text("")
+    result = mailstack(bed.site, "verify", "--json")
+    assert result.returncode != 0
+    checks = {c["name"]: c for c in json.loads(result.stdout)}
+    assert not checks["certificate trusted, with time left"]["passed"]
+    assert "not trusted for" in checks["certificate trusted, with time left"]["detail"]
 
 
 def test_a_deploy_after_that_changes_nothing(bed):

@@ -87,7 +87,10 @@ def test_verify_passes_every_check(deployed):
                      "message from 587 does not reveal the sender's computer",
                      "message from 465 does not reveal the sender's computer",
                      "spam filter refuses GTUBE", "brute-force ban jails active",
-                     "spam filter answers on the host", "verify mailbox locked again"):
+                     "spam filter answers on the host", "verify mailbox locked again",
+                     "every port presents the site's key (TLSA)",
+                     "certificate trusted, with time left",
+                     "MTA-STS policy of sandbox.test served"):
         assert expected in names
     assert result.returncode == 0
     # Between runs the verify mailbox has no password at all.

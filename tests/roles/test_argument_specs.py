@@ -22,8 +22,8 @@ ONLY_ALWAYS = "mailstack-no-such-tag"
 # The facts `mailstack render` writes for a host (site.yml loads them); the role defaults
 # refer to them.
 RENDERED_FACTS = REPO / "tests" / "golden" / HOST / "mailstack_vars.yml"
-ROLES = ("common", "resolver", "tls", "web", "mariadb", "opendkim", "rspamd", "storage", "dovecot", "postfix",
-         "fail2ban", "clamav")
+ROLES = ("common", "resolver", "tls", "web", "mta_sts", "mariadb", "opendkim", "rspamd", "storage",
+         "dovecot", "postfix", "fail2ban", "clamav")
 
 
 def _ansible_playbook() -> str:

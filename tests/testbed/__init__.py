@@ -115,6 +115,7 @@ STACK_PACKAGES: tuple[str, ...] = (
     "clamav-freshclam",
     "nginx",
     "uacme",
+    "postfix-mta-sts-resolver",
 )
 # Off until a deploy configures them, as every service the roles start: Debian's defaults
 # enable an sshd jail reading /var/log/auth.log, which these hosts (no rsyslog) lack;
@@ -122,7 +123,7 @@ STACK_PACKAGES: tuple[str, ...] = (
 # ClamAV (options.antivirus, off by default) stays off too, and without signatures: freshclam
 # reaches no mirror from here, and a test that turns the scanner on seeds its own.
 STACK_SETUP: tuple[str, ...] = (
-    "systemctl disable --now --quiet fail2ban unbound redis-server nginx",
+    "systemctl disable --now --quiet fail2ban unbound redis-server nginx postfix-mta-sts-resolver",
     "systemctl disable --now --quiet clamav-freshclam clamav-daemon.socket clamav-daemon",
     "find /var/lib/clamav -mindepth 1 -delete",
 )

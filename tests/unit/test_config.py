@@ -150,6 +150,16 @@ def test_all_problems_reported_at_once(tmp_path):
          "options.antivirus (line 13): must be 'none' or 'clamav' (got True)"),
         (("25M", "25M\n  antivirus: {engine: clamav}"),
          "options.antivirus (line 13): must be 'none' or 'clamav'"),
+        (("25M", "25M\n  tls:\n    certificate: letsencrypt"),
+         "options.tls.certificate (line 14): must be 'acme', 'self-signed' or 'files'"),
+        (("25M", "25M\n  tls:\n    acme_directory: http://acme.example/dir"),
+         "options.tls.acme_directory (line 14): must be an https:// URL of an ACME directory"),
+        (("25M", "25M\n  tls:\n    acme_directory: \"https://acme.example/dir -f\""),
+         "options.tls.acme_directory (line 14): must be an https:// URL"),
+        (("25M", "25M\n  tls:\n    acme_directory: \"https://acme.example/dir\\n\""),
+         "options.tls.acme_directory (line 14): must be an https:// URL"),
+        (("25M", "25M\n  tls:\n    acme_email: -admin@example.org"),
+         "options.tls.acme_email (line 14)"),
     ],
 )
 def test_rule_violations_name_the_field_and_the_fix(tmp_path, edit, expected):

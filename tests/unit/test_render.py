@@ -115,6 +115,24 @@ def test_relay_password_file_only_with_a_relay():
     assert "\nrelayhost = [smtp.relay.test]:587\n" in with_relay
 
 
+def test_direct_delivery_verifies_tls_with_dane_and_mta_sts_and_a_relay_does_not():
+    import yaml
+
+    cfg = CONFIG.model_copy(update={"options": CONFIG.options.model_copy(update={"relay": None})})
+    direct = {str(f.path): f.content for f in render_host(cfg, fake_secrets(), HOST)}
+    main_cf = direct["etc/postfix/main.cf"]
+    for line in ("smtp_dns_support_level = dnssec", "smtp_tls_security_level = dane",
+                 "smtp_tls_policy_maps = socketmap:inet:127.0.0.1:8461:postfix"):
+        assert f"\n{line}\n" in main_cf, line
+    daemon = yaml.safe_load(direct["etc/mta-sts-daemon.yml"])
+    assert (daemon["host"], daemon["port"]) == ("127.0.0.1", 8461)  # where Postfix asks
+    assert yaml.safe_load(direct["mailstack_vars.yml"])["mailstack_mta_sts"]["enabled"] is True
+    relayed = {str(f.path): f.content for f in render_host(CONFIG, fake_secrets(), HOST)}
+    assert "smtp_tls_security_level = secure" in relayed["etc/postfix/main.cf"]
+    assert "dane" not in relayed["etc/postfix/main.cf"]
+    assert yaml.safe_load(relayed["mailstack_vars.yml"])["mailstack_mta_sts"]["enabled"] is False
+
+
 def test_relay_without_password_is_a_clear_error():
     secrets = fake_secrets()
     secrets.site["relay_password"] = None
