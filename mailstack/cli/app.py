@@ -15,7 +15,7 @@ import typer
 from typer.core import TyperGroup
 
 from mailstack import __version__
-from mailstack.cli import accounts, build, init, probe, relay, sandbox, spam, storage, tls
+from mailstack.cli import accounts, build, dns, init, probe, relay, sandbox, spam, storage, tls
 from mailstack.cli.common import CONTEXT, Options
 from mailstack.errors import MailstackError
 
@@ -48,9 +48,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 # In the order `mailstack --help` lists them: the site, its files, the hosts, day 2.
-for command in (init.init, build.render, build.deploy, probe.verify, probe.dns, storage.unlock,
+for command in (init.init, build.render, build.deploy, probe.verify, storage.unlock,
                 storage.lock, storage.status, storage.unban):
     app.command()(command)
+app.add_typer(dns.dns_app, name="dns")
 app.add_typer(accounts.user_app, name="user")
 app.add_typer(accounts.alias_app, name="alias")
 app.add_typer(accounts.domain_app, name="domain")

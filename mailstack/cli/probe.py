@@ -1,4 +1,4 @@
-"""`mailstack verify` and `mailstack dns`: prove the hosts work; the records DNS needs."""
+"""`mailstack verify`: prove the hosts work (`mailstack dns check` proves DNS: cli/dns.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from typing import Annotated
 import typer
 
 from mailstack.cli.common import opts
-from mailstack.errors import MailstackError
 
 
 def verify(
@@ -24,20 +23,3 @@ def verify(
     typer.echo(as_json(results) if json_out else table(results))
     if not all(r.passed for r in results):
         raise typer.Exit(1)
-
-
-def dns(
-    ctx: typer.Context,
-    format: Annotated[str, typer.Option(
-        "--format", help="zone (for a zone file or to read) or json (for APIs).")] = "zone",
-) -> None:
-    """The DNS records the site needs: A, MX, SPF, DKIM, DMARC, and the PTR to ask for."""
-    from mailstack.render.dns import as_json, records, zone
-    from mailstack.site.inventory import load_hosts
-
-    if format not in ("zone", "json"):
-        raise MailstackError(f"--format {format!r}: choose zone or json")
-    site = opts(ctx).site()
-    keys = {d: site.secrets.dkim_key(d) for d in site.config.domains}
-    recs = records(site.config, keys, load_hosts(site.root, site.inventory))
-    typer.echo((zone(recs) if format == "zone" else as_json(recs)).rstrip("\n"))

@@ -319,6 +319,89 @@ class Tls(_Strict):
     acme_email: Address | None = None
 
 
+# A TSIG key's name: a DNS name (one label is enough: BIND's `tsig-keygen mailstack`).
+_KEY_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+_TSIG_KEY_NAME = re.compile(rf"{_KEY_LABEL}(?:\.{_KEY_LABEL})*")
+# The TSIG algorithms RFC 8945 recommends; hmac-md5 and hmac-sha1 are refused.
+TSIG_ALGORITHMS = ("hmac-sha256", "hmac-sha384", "hmac-sha512")
+# A name server: an IP address, a host name, either with :port; IPv6 with a port in [].
+_DNS_SERVER = re.compile(r"(\[[0-9A-Fa-f:.]{2,45}\]|[0-9A-Za-z.-]{1,253})(?::([0-9]{1,5}))?")
+
+
+def _tsig_key_name(value: Any) -> str:
+    text = value.lower().removesuffix(".") if isinstance(value, str) else ""
+    if len(text) > 253 or not _TSIG_KEY_NAME.fullmatch(text):
+        raise ValueError("must be a TSIG key name like mailstack or update.example.org "
+                         "(letters, digits, _ and -, labels joined by dots)")
+    return text
+
+
+def _tsig_algorithm(value: Any) -> str:
+    text = value.lower() if isinstance(value, str) else ""
+    if text not in TSIG_ALGORITHMS:
+        raise ValueError(f"must be one of {', '.join(TSIG_ALGORITHMS)} (RFC 8945's "
+                         "recommended ones; hmac-md5 and hmac-sha1 are not accepted)")
+    return text
+
+
+def dns_server_problem(text: str) -> str | None:
+    """Why text is not IP, IP:PORT, [IPv6]:PORT, NAME or NAME:PORT (None: it is)."""
+    host, port = split_server(text)
+    if host is None:
+        return "must be an address or host name, optionally with :port (192.0.2.53, " \
+               "[2001:db8::53]:53, ns1.example.org)"
+    if port is not None and not 1 <= port <= 65535:
+        return f"has port {port}, not between 1 and 65535"
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    if problem := domain_problem(host.lower()):
+        return f"is neither an IP address nor a host name: it {problem}"
+    return None
+
+
+def split_server(text: str) -> tuple[str | None, int | None]:
+    """(host, port or None) of a name server's text; (None, None) if it has no such shape.
+    A bare IPv6 address has no port (its colons are the address's)."""
+    try:
+        return str(ipaddress.ip_address(text)), None
+    except ValueError:
+        pass
+    match = _DNS_SERVER.fullmatch(text)
+    if not match:
+        return None, None
+    host, port = match.group(1), match.group(2)
+    if host.startswith("["):
+        try:
+            return str(ipaddress.IPv6Address(host[1:-1])), int(port) if port else None
+        except ValueError:
+            return None, None
+    return host, int(port) if port else None
+
+
+def _dns_server(value: Any) -> str:
+    text = value.strip() if isinstance(value, str) else ""
+    if problem := dns_server_problem(text):
+        raise ValueError(problem)
+    return text
+
+
+class DnsUpdate(_Strict):
+    """`mailstack dns push`: the records `mailstack dns` prints, sent as RFC 2136 dynamic
+    updates (BIND, Knot, PowerDNS accept them) signed with a TSIG key. Its secret is in the
+    vault (`mailstack dns key set NAME` reads it), never here."""
+
+    key_name: Annotated[str, BeforeValidator(_tsig_key_name)]
+    algorithm: Annotated[str, BeforeValidator(_tsig_algorithm)] = "hmac-sha256"
+    # The server that takes the updates; null: each zone's primary (the SOA's MNAME), port 53.
+    server: Annotated[str, BeforeValidator(_dns_server)] | None = None
+    # The zones to update; empty: each name's zone, as DNS says. A record outside the
+    # listed zones is not pushed (`dns push` lists it for you to publish).
+    zones: list[Domain] = []
+
+
 # Virus scanning: none, or ClamAV's clamd asked by rspamd for every message. Off by default:
 # clamd with the full signature database holds about 1-1.3 GiB of RAM.
 Antivirus = Literal["none", "clamav"]
@@ -337,6 +420,7 @@ class Options(_Strict):
     resolver: Resolver = Resolver()
     antivirus: Antivirus = "none"
     tls: Tls = Tls()
+    dns_update: DnsUpdate | None = None
 
 
 class User(_Strict):

@@ -284,6 +284,13 @@ options:
     certificate: acme
     acme_directory: https://acme-v02.api.letsencrypt.org/directory
     acme_email: null
+
+  # `mailstack dns push` publishes the records `mailstack dns` prints by dynamic update
+  # (RFC 2136: BIND, Knot, PowerDNS), signed with a TSIG key whose secret is in the vault:
+  # `mailstack dns key set NAME --algorithm hmac-sha256` reads it from standard input and
+  # fills this in ({{key_name, algorithm, server, zones}}; server: default each zone's
+  # primary from its SOA; zones: default as DNS says). null: publish them yourself.
+  dns_update: null
 """
 
 

@@ -5,7 +5,8 @@ secret is never regenerated. Layout, all ansible-vault encrypted, mode 0600:
 
 - ``secrets/site.yml``: MariaDB lookup passwords, storage passphrase, relay (smarthost)
   password, the spam filter's web interface password (and its hash), the server's TLS key
-  (and an imported certificate: mailstack.site.tls). The verify mailbox has
+  (and an imported certificate: mailstack.site.tls), the TSIG secret `mailstack dns push`
+  signs with (mailstack.site.dns_key). The verify mailbox has
   none: `mailstack verify` sets a one-time password for each run.
 - ``secrets/dkim.yml``: one RSA 2048 key pair per domain, with its selector.
 - ``secrets/accounts.yml``: mailbox password hashes (``{ARGON2ID}…``), by address.
@@ -128,6 +129,13 @@ class Secrets:
                 p := chain_problem(self.site[CERTIFICATE], tls_key)):
             problems.append(f"{d / SITE_FILE}: {CERTIFICATE} {p} (import both again with "
                             "`mailstack tls import`)")
+        from mailstack.site.dns_key import SECRET as DNS_SECRET
+        from mailstack.site.dns_key import secret_problem
+
+        dns_secret = self.site.get(DNS_SECRET)
+        if dns_secret is not None and (p := secret_problem(dns_secret)):
+            problems.append(f"{d / SITE_FILE}: {DNS_SECRET} {p} (set it again with `mailstack "
+                            "dns key set NAME`)")
         for domain, key in self.dkim.items():
             if not isinstance(key, dict) or not isinstance(key.get("selector"), str) \
                     or not _SELECTOR.fullmatch(key["selector"]):

@@ -1,8 +1,9 @@
 """Trusted certificates by ACME, on a real host against a real CA in the box (pebble).
 
 One host, its site left at options.tls.certificate: acme with the box's CA as directory.
-The box publishes the site's records, mta-sts. and autoconfig. of the domain (autodiscover.
-is left out: a name not in DNS yet must not cost the certificate). The story, in order:
+The box publishes the records `mailstack dns` prints, among them the CNAMEs of mta-sts. and
+autoconfig. to the host name, but not autodiscover.'s: a name not in DNS yet must not cost
+the certificate. The story, in order:
 
 1. the CA is down at the first deploy: the deploy succeeds with a warning, every port serves
    the self-signed stand-in for the site's key, and mail is received;
@@ -30,7 +31,6 @@ import testbed
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from testbed.acme import AcmeCA
-from testbed.internet import Record
 
 from mailstack.site.directory import Site
 
@@ -133,9 +133,9 @@ def bed(tmp_path_factory):
     def before_deploy(host: BoxedHost) -> None:
         records = mailstack(host.site, "dns", "--format", "json")
         assert records.returncode == 0, records.stderr
-        host.internet.publish(testbed.site_records(records.stdout))
-        host.internet.publish([Record(f"{n}.{DOMAIN}", "A", host.ip)
-                               for n in ("mta-sts", "autoconfig")])
+        # Their mta-sts. and autoconfig. CNAMEs to the host; autodiscover. stays out.
+        host.internet.publish([r for r in testbed.site_records(records.stdout)
+                               if not r.name.startswith("autodiscover.")])
         # The CA's API is trusted like a real CA's, but the CA is down for now.
         holder["ca"] = AcmeCA(host.internet).start(running=False)
         holder["ca"].trust_on(host.name)

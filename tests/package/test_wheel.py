@@ -77,7 +77,7 @@ def test_the_installed_cli_runs_every_command(venv, tmp_path):
     assert mailstack("--version").stdout.startswith("mailstack ")
     helps = ["init", "render", "deploy", "verify", "dns", "unlock", "lock", "status", "user", "alias",
              "domain", "relay", "sandbox", "user add", "alias add", "relay set", "sandbox up",
-             "unban", "spam", "spam password"]
+             "unban", "spam", "spam password", "dns check", "dns push", "dns key set"]
     for command in helps:
         assert "Usage" in mailstack(*command.split(), "--help").stdout
     mailstack("init", "site", "--domain", "example.org", "--hostname", "mail.example.org",

@@ -1,15 +1,24 @@
 """The internet in a box (TESTBED.md section 6): DNS and an outside sender for mail tests.
 
 Mail depends on DNS at every step (MX, SPF, DKIM, DMARC, DNSBL, PTR), so the test bed
-serves its own on a test network: Knot is authoritative for zones under `.test` (plus the
-network's reverse zone and a DNS blocklist) built from Python data, and unbound resolves
-them for the hosts. Everything else is refused, except the names of Debian's mirrors, which
-unbound forwards to the machine's resolver (through Docker's embedded DNS) so that apt keeps
-working inside hosts that use the box. A second container plays a foreign mail client.
+serves its own on a test network, laid out as on the internet: Knot, in a container of its
+own named by the zones' NS record (ns.test), is authoritative on port 53 for zones under
+`.test` (plus the network's reverse zone and a DNS blocklist) built from Python data, and
+unbound, in another, resolves them for the hosts. A client that follows the NS records (as
+`mailstack dns check` does) finds Knot where they say. Everything else is refused, except
+the names of Debian's mirrors, which unbound forwards to the machine's resolver (through
+Docker's embedded DNS) so that apt keeps working inside hosts that use the box. A third
+container plays a foreign mail client.
+
+Zones given as `dynamic` take RFC 2136 updates signed with the box's TSIG key (`tsig`), as a
+DNS provider's primary does: `mailstack dns push` publishes into them, and the box's own
+publish() and withdraw() change them by update too (their zone files are only written once,
+at the start).
 """
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 import secrets
@@ -18,6 +27,11 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
+
+import dns.query
+import dns.rcode
+import dns.tsig
+import dns.update
 
 from testbed import (
     Host,
@@ -49,11 +63,14 @@ INTERNET_SETUP: tuple[str, ...] = (
 )
 
 PREFIX = "mailstack-inet"
-AUTH_PORT = 5300  # knot; unbound has 53 in the same container
+AUTH_PORT = 53  # knot, in its own container (the address of NS_NAME), as the NS records say
 DOCKER_DNS = "127.0.0.11"  # Docker's embedded DNS: forwards to the machine's resolver
 DEFAULT_TTL = 60
 TXT_CHUNK = 255
 NS_NAME = "ns.test."
+TSIG_NAME = "mailstack-box."  # the key dynamic zones accept updates signed with
+TSIG_ALGORITHM = "hmac-sha256"
+UPDATE_TIMEOUT = 10.0
 BLOCKLIST_ZONE = "bl.test."
 LISTED = "127.0.0.2"  # the conventional DNSBL answer; 127.0.0.2 itself is always listed
 RELOAD_TIMEOUT = 20.0
@@ -109,6 +126,19 @@ class Record:
     def from_mapping(cls, item: Mapping[str, object]) -> Record:
         return cls(name=str(item["name"]), type=str(item["type"]), value=str(item["value"]),
                    ttl=int(item.get("ttl", DEFAULT_TTL)))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class TsigKey:
+    """The key the box's dynamic zones take updates signed with (what `mailstack dns key
+    set` is given): a new secret for every box."""
+
+    name: str = TSIG_NAME
+    algorithm: str = TSIG_ALGORITHM
+    secret: str = field(default_factory=lambda: base64.b64encode(secrets.token_bytes(32)).decode())
+
+    def key(self) -> dns.tsig.Key:
+        return dns.tsig.Key(self.name, self.secret, self.algorithm)
 
 
 def fqdn(name: str) -> str:
@@ -196,9 +226,35 @@ def zone_file(origin: str, records: Iterable[Record], serial: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def knot_conf(origins: Iterable[str]) -> str:
-    """Knot: every zone from a file that is the whole truth (no journal, never written back)."""
-    zones = "".join(f'  - domain: "{o}"\n' for o in sorted(origins))
+def knot_conf(origins: Iterable[str], dynamic: Iterable[str] = (),
+              tsig: TsigKey | None = None) -> str:
+    """Knot: every zone from a file that is the whole truth (no journal, never written back);
+    the dynamic zones from a file once, then changed only by updates signed with tsig (kept
+    in the journal, so a reload of the other zones leaves them as they are)."""
+    dynamic = set(map(fqdn, dynamic))
+    if dynamic and tsig is None:
+        raise ValueError("dynamic zones need a TSIG key")
+    zones = "".join(f'  - domain: "{o}"\n' + ("    template: dynamic\n" if o in dynamic else "")
+                    for o in sorted(origins))
+    update = "" if not dynamic else f"""\
+key:
+  - id: {tsig.name}
+    algorithm: {tsig.algorithm}
+    secret: {tsig.secret}
+acl:
+  - id: update
+    key: {tsig.name}
+    action: update
+"""  # type: ignore[union-attr]
+    dynamic_template = "" if not dynamic else """\
+  - id: dynamic
+    storage: "/var/lib/knot/zones"
+    file: "%s.zone"
+    zonefile-load: whole
+    zonefile-sync: -1
+    journal-content: changes
+    acl: update
+"""
     return f"""\
 server:
     listen: 0.0.0.0@{AUTH_PORT}
@@ -207,27 +263,28 @@ log:
     any: info
 database:
     storage: "/var/lib/knot"
-template:
+{update}template:
   - id: default
     storage: "/var/lib/knot/zones"
     file: "%s.zone"
     zonefile-load: whole
     zonefile-sync: -1
     journal-content: none
-zone:
+{dynamic_template}zone:
 {zones}"""
 
 
-def unbound_conf(origins: Iterable[str], subnet: str, mirrors: Iterable[str]) -> str:
-    """unbound: the box's zones from knot (unsigned: domain-insecure), Debian's mirrors forwarded
-    to the machine's resolver, every other name refused so no test ever reaches a real domain."""
+def unbound_conf(origins: Iterable[str], subnet: str, mirrors: Iterable[str], auth: str) -> str:
+    """unbound: the box's zones from knot at auth (unsigned: domain-insecure), Debian's mirrors
+    forwarded to the machine's resolver, every other name refused so no test ever reaches a
+    real domain."""
     origins = sorted(origins)
     server = [f"    access-control: {subnet} allow", '    local-zone: "." refuse']
     server += [f'    local-zone: "{fqdn(m)}" transparent' for m in sorted(mirrors)]
     for o in origins:
         # transparent also lifts unbound's built-in empty zones (test., private reverse zones)
         server += [f'    local-zone: "{o}" transparent', f'    domain-insecure: "{o}"']
-    stubs = "".join(f'stub-zone:\n    name: "{o}"\n    stub-addr: 127.0.0.1@{AUTH_PORT}\n' for o in origins)
+    stubs = "".join(f'stub-zone:\n    name: "{o}"\n    stub-addr: {auth}@{AUTH_PORT}\n' for o in origins)
     return f"""\
 server:
     interface: 0.0.0.0
@@ -297,18 +354,24 @@ class Sender:
 
 @dataclass
 class Internet:
-    """DNS (Knot behind unbound, one container) and an outside sender on a given network.
+    """DNS (Knot, and unbound in front of it, each in its own container) and an outside sender
+    on a given network.
 
     Records are grouped in zones: `test.`, the blocklist zone, the network's reverse zone and
-    any given; each publish() replaces the RRsets it names, reloads Knot and flushes unbound's
-    cache, so a change is seen at once through the resolver.
+    any given (`zones`, and `dynamic`: zones that take TSIG-signed updates). Each publish()
+    replaces the RRsets it names and makes them live (a static zone's file is rewritten and
+    Knot reloads it; a dynamic zone gets an update), then unbound's cache is flushed, so a
+    change is seen at once through the resolver.
     """
 
     network: str
     prefix: str = field(default_factory=lambda: f"{PREFIX}-{secrets.token_hex(3)}")
     zones: tuple[str, ...] = ()
+    dynamic: tuple[str, ...] = ()
+    tsig: TsigKey = field(default_factory=TsigKey)
     subnet: str = field(default="", init=False)
     origins: set[str] = field(default_factory=set, init=False, repr=False)
+    ns: Host | None = field(default=None, init=False)
     dns: Host | None = field(default=None, init=False)
     sender: Sender | None = field(default=None, init=False)
     _rrsets: dict[tuple[str, str], list[Record]] = field(default_factory=dict, init=False, repr=False)
@@ -318,22 +381,29 @@ class Internet:
     # ---- lifecycle
 
     def start(self) -> Internet:
-        """Start the DNS and sender containers (removed again if anything fails)."""
+        """Start the name server, resolver and sender containers (removed again if anything
+        fails)."""
         image = internet_image()
         self.subnet = network_subnet(self.network)
-        self.origins = {"test.", BLOCKLIST_ZONE, reverse_zone(self.subnet), *map(fqdn, self.zones)}
+        self.dynamic = tuple(map(fqdn, self.dynamic))
+        self.origins = {"test.", BLOCKLIST_ZONE, reverse_zone(self.subnet),
+                        *map(fqdn, self.zones), *self.dynamic}
         try:
-            self.dns = start_host(f"{self.prefix}-dns", image, hostname="ns.test", network=self.network)
+            self.ns = start_host(f"{self.prefix}-ns", image, hostname=NS_NAME.rstrip("."),
+                                 network=self.network)
+            self.dns = start_host(f"{self.prefix}-dns", image, hostname="resolver.test",
+                                  network=self.network)
             self.sender = Sender(start_host(f"{self.prefix}-sender", image, hostname="mx.outside.test",
                                             network=self.network))
-            write_file(self.dns.name, "/etc/knot/knot.conf", knot_conf(self.origins))
+            write_file(self.ns.name, "/etc/knot/knot.conf", knot_conf(self.origins, self.dynamic, self.tsig))
+            exec_in(self.ns.name, ["install", "-d", "-o", "knot", "-g", "knot", "/var/lib/knot/zones"])
+            self._write_zones(self.origins)
+            exec_in(self.ns.name, ["systemctl", "enable", "--now", "--quiet", "knot"])
             write_file(self.dns.name, "/etc/unbound/unbound.conf.d/mailstack-inet.conf",
-                       unbound_conf(self.origins, self.subnet, mirror_hosts()))
+                       unbound_conf(self.origins, self.subnet, mirror_hosts(), self.ns.ip))
             write_file(self.dns.name, ROOT_ANCHOR_CONF, "# none: see ROOT_ANCHOR_CONF in testbed.internet\n")
-            exec_in(self.dns.name, ["install", "-d", "-o", "knot", "-g", "knot", "/var/lib/knot/zones"])
-            self._write_zones()
-            exec_in(self.dns.name, ["systemctl", "enable", "--now", "--quiet", "knot", "unbound"])
-            self._wait_for_serial()
+            exec_in(self.dns.name, ["systemctl", "enable", "--now", "--quiet", "unbound"])
+            self._wait_for_serial(self.origins)
             use_resolver(self.sender.host.name, self.resolver_ip)
         except BaseException:
             self.stop()
@@ -341,10 +411,10 @@ class Internet:
         return self
 
     def stop(self) -> None:
-        """Remove both containers (the network belongs to the caller)."""
-        for name in (f"{self.prefix}-dns", f"{self.prefix}-sender"):
-            remove_host(name)
-        self.dns = self.sender = None
+        """Remove the containers (the network belongs to the caller)."""
+        for role in ("ns", "dns", "sender"):
+            remove_host(f"{self.prefix}-{role}")
+        self.ns = self.dns = self.sender = None
 
     def __enter__(self) -> Internet:
         return self.start()
@@ -359,22 +429,38 @@ class Internet:
             raise SandboxError("the internet in a box is not started")
         return self.dns.ip
 
+    @property
+    def ns_ip(self) -> str:
+        """The name server's address: what ns.test resolves to, where Knot answers on 53."""
+        return self._ns().ip
+
     # ---- data
 
     def publish(self, records: Iterable[Record | Mapping[str, object]]) -> None:
         """Add records, or replace the RRsets (name and type) they name, and make them live.
         Accepts `mailstack dns --format json` items as they are."""
-        self._dns()  # started: the zones are known
+        self._ns()  # started: the zones are known
         fresh: dict[tuple[str, str], list[Record]] = {}
+        dynamic: dict[str, dict[tuple[str, str], list[Record]]] = {}
         for item in records:
             rec = item if isinstance(item, Record) else Record.from_mapping(item)
-            zone_of(rec.name, self.origins)
-            fresh.setdefault((rec.name, rec.type), []).append(rec)
+            zone = zone_of(rec.name, self.origins)
+            target = dynamic.setdefault(zone, {}) if zone in self.dynamic else fresh
+            target.setdefault((rec.name, rec.type), []).append(rec)
+        for zone, rrsets in dynamic.items():
+            self._update(zone, lambda u, rrsets=rrsets: [
+                u.replace(name, rs[0].ttl, type, *[_rdata_text(r) for r in rs])
+                for (name, type), rs in rrsets.items()])
         self._rrsets.update(fresh)
-        self._reload()
+        self._reload(static=bool(fresh))
 
     def withdraw(self, name: str, type: str | None = None) -> None:
         """Remove a name's RRset of that type (every type when None)."""
+        zone = zone_of(name, self.origins)
+        if zone in self.dynamic:
+            self._update(zone, lambda u: u.delete(fqdn(name), *([type] if type else [])))
+            self._reload(static=False)
+            return
         for key in [k for k in self._rrsets if k[0] == fqdn(name) and type in (None, k[1].upper())]:
             del self._rrsets[key]
         self._reload()
@@ -389,9 +475,20 @@ class Internet:
         self._reload()
 
     def records(self) -> list[Record]:
-        """Every record served, the blocklist and the name server's own included."""
-        own = [Record(NS_NAME, "A", self.resolver_ip)]
+        """Every record of the static zones, the blocklist and the name server's own included."""
+        own = [Record(NS_NAME, "A", self.ns_ip)]
         return own + [r for rs in self._rrsets.values() for r in rs] + blocklist_records(self._listed)
+
+    def flush(self) -> None:
+        """unbound forgets what it cached of the box's zones (as if every TTL had passed)."""
+        for origin in sorted(self.origins):
+            exec_in(self._dns(), ["unbound-control", "flush_zone", origin])
+        exec_in(self._dns(), ["unbound-control", "flush_negative"])
+
+    def serial(self, zone: str) -> int:
+        """The SOA serial Knot serves for a zone."""
+        fields = self.dig(zone, "SOA", server=self.ns_ip)
+        return int(fields[0].split()[2])
 
     # ---- queries, from a client on the network
 
@@ -423,42 +520,68 @@ class Internet:
             raise SandboxError("the internet in a box is not started")
         return self.dns.name
 
-    def _write_zones(self) -> None:
+    def _ns(self) -> Host:
+        if self.ns is None:
+            raise SandboxError("the internet in a box is not started")
+        return self.ns
+
+    def _static(self) -> list[str]:
+        return sorted(self.origins - set(self.dynamic))
+
+    def _write_zones(self, origins: Iterable[str]) -> None:
+        """Zone files with a new serial: the static zones' records, or (dynamic zones, once at
+        the start) only the SOA and NS records."""
         self._serial += 1
-        by_zone: dict[str, list[Record]] = {o: [] for o in self.origins}
+        by_zone: dict[str, list[Record]] = {o: [] for o in origins}
         for rec in self.records():
-            by_zone[zone_of(rec.name, self.origins)].append(rec)
+            zone = zone_of(rec.name, self.origins)
+            if zone in by_zone:
+                by_zone[zone].append(rec)
         for origin, recs in by_zone.items():
             path = f"/var/lib/knot/zones/{origin.rstrip('.')}.zone"
-            write_file(self._dns(), path, zone_file(origin, recs, self._serial))
+            write_file(self._ns().name, path, zone_file(origin, recs, self._serial))
 
-    def _reload(self) -> None:
-        """New zone files, Knot reloads them, unbound forgets what it cached of them."""
-        self._write_zones()
-        exec_in(self._dns(), ["knotc", "reload"])
-        self._wait_for_serial()
-        for origin in sorted(self.origins):
-            exec_in(self._dns(), ["unbound-control", "flush_zone", origin])
-        exec_in(self._dns(), ["unbound-control", "flush_negative"])
+    def _reload(self, *, static: bool = True) -> None:
+        """New files for the static zones, Knot reloads them; unbound forgets what it cached."""
+        if static:
+            self._write_zones(self._static())
+            exec_in(self._ns().name, ["knotc", "reload"])
+            self._wait_for_serial()
+        self.flush()
 
-    def _wait_for_serial(self) -> None:
-        """Until Knot serves the current serial in every zone (it loads zones in the background)."""
+    def _update(self, zone: str, change) -> None:
+        """One RFC 2136 update of a dynamic zone, signed with the box's key."""
+        message = dns.update.UpdateMessage(zone, keyring=self.tsig.key())
+        change(message)
+        response = dns.query.tcp(message, self.ns_ip, timeout=UPDATE_TIMEOUT, port=AUTH_PORT)
+        if response.rcode() != dns.rcode.NOERROR:
+            raise SandboxError(f"knot refused the update of {zone}: {dns.rcode.to_text(response.rcode())}")
+
+    def _wait_for_serial(self, origins: Iterable[str] | None = None) -> None:
+        """Until Knot serves the current serial in every static zone, or those given (it loads
+        zones in the background)."""
         deadline = time.monotonic() + RELOAD_TIMEOUT
-        pending = set(self.origins)
+        pending = set(self._static() if origins is None else origins)
         while pending and time.monotonic() < deadline:
             for origin in sorted(pending):
-                proc = exec_in(self._dns(), ["dig", "+short", "+tries=1", "+time=2",
-                                             "-p", str(AUTH_PORT), "@127.0.0.1", origin, "SOA"], check=False)
+                proc = exec_in(self._ns().name, ["dig", "+short", "+tries=1", "+time=2",
+                                                 "-p", str(AUTH_PORT), "@127.0.0.1", origin, "SOA"],
+                               check=False)
                 fields = proc.stdout.split()
                 if len(fields) >= 3 and fields[2] == str(self._serial):
                     pending.discard(origin)
             if pending:
                 time.sleep(0.2)
         if pending:
-            log = exec_in(self._dns(), ["journalctl", "-u", "knot", "-n", "5", "--no-pager"],
+            log = exec_in(self._ns().name, ["journalctl", "-u", "knot", "-n", "5", "--no-pager"],
                           check=False).stdout
             raise SandboxError(f"knot does not serve serial {self._serial} of {sorted(pending)} after "
                                f"{RELOAD_TIMEOUT:.0f} s: {log.strip()}")
+
+
+def _rdata_text(rec: Record) -> str:
+    """A record's value in zone-file syntax, for an update (names are absolute already)."""
+    return txt_rdata(rec.value) if rec.type == "TXT" else rec.value
 
 
 def _unquote(line: str) -> str:

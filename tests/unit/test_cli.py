@@ -15,7 +15,9 @@ COMMANDS = [[], ["init"], ["render"], ["user"], ["user", "add"], ["user", "remov
             ["alias", "remove"], ["alias", "list"], ["domain"], ["domain", "add"],
             ["domain", "remove"], ["domain", "list"], ["relay", "set"], ["relay", "clear"],
             ["spam"], ["spam", "password"],
-            ["sandbox", "up"], ["sandbox", "down"], ["deploy"], ["verify"], ["dns"], ["unban"]]
+            ["sandbox", "up"], ["sandbox", "down"], ["deploy"], ["verify"], ["dns"],
+            ["dns", "check"], ["dns", "push"], ["dns", "key"], ["dns", "key", "set"],
+            ["dns", "key", "clear"], ["unban"]]
 
 
 def test_version(runner):

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 from testbed.internet import (
     Record,
+    TsigKey,
     blocklist_records,
+    knot_conf,
     reverse_zone,
     site_records,
     txt_rdata,
@@ -57,7 +59,23 @@ def test_zone_file_has_soa_ns_and_records():
 
 
 def test_resolver_refuses_everything_but_the_box_and_the_mirrors():
-    conf = unbound_conf({"test."}, "172.18.0.0/16", ["deb.debian.org"])
+    conf = unbound_conf({"test."}, "172.18.0.0/16", ["deb.debian.org"], "172.18.0.3")
     assert 'local-zone: "." refuse' in conf
     assert 'local-zone: "deb.debian.org." transparent' in conf
-    assert 'domain-insecure: "test."' in conf and "stub-addr: 127.0.0.1@5300" in conf
+    # Knot on port 53 of the name server's own address, as the NS records say.
+    assert 'domain-insecure: "test."' in conf and "stub-addr: 172.18.0.3@53" in conf
+
+
+def test_knot_takes_signed_updates_for_dynamic_zones_only():
+    key = TsigKey(secret="c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0IQ==")
+    conf = knot_conf({"test.", "site.test."}, ["site.test"], key)
+    assert "listen: 0.0.0.0@53" in conf
+    assert f"id: mailstack-box.\n    algorithm: hmac-sha256\n    secret: {key.secret}" in conf
+    assert '- domain: "site.test."\n    template: dynamic\n' in conf
+    assert '- domain: "test."\n' in conf and 'test."\n    template' not in conf.replace("site.test", "")
+    assert "acl: update" in conf.split("id: dynamic")[1]
+    assert "acl:" not in conf.split("id: default")[1].split("id: dynamic")[0]
+    static = knot_conf({"test."})
+    assert "key:" not in static and "acl" not in static
+    with pytest.raises(ValueError, match="TSIG"):
+        knot_conf({"site.test."}, ["site.test."])
