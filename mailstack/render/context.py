@@ -11,7 +11,7 @@ from typing import Any
 
 from mailstack.errors import ConfigError
 from mailstack.host import sealer, storage_tool
-from mailstack.site.config import RESERVED_LOCAL_PART, SiteConfig
+from mailstack.site.config import RESERVED_LOCAL_PART, SiteConfig, duration_seconds
 from mailstack.site.inventory import InventoryHost
 
 MANAGED_HEADER = (
@@ -82,6 +82,9 @@ RSPAMD_ANTIVIRUS_FILES = ["/etc/rspamd/local.d/antivirus.conf",
 # Global Sieve scripts (Junk filing, learning) and the programs they may pipe mail to.
 SIEVE_DIR = "/etc/dovecot/sieve"
 SIEVE_PIPE_DIR = "/etc/dovecot/sieve-pipe"
+# With a rate delay, deliveries to a destination go one at a time, and by Postfix's default
+# one failed connection suspends the whole destination; postconf(5) advises 10 or more.
+RATE_DELAY_FAILED_COHORT_LIMIT = 10
 # The systemd unit of the Postfix instance (Debian's postfix.service only starts it): its
 # journal is where fail2ban reads Postfix's failed logins.
 POSTFIX_INSTANCE_UNIT = "postfix@-"
@@ -117,6 +120,19 @@ def antivirus_context(cfg: SiteConfig) -> dict[str, Any]:
         **CLAMAV,
         "scan_limit": cfg.options.message_size_limit + 1024**2,
         "rspamd_files": list(RSPAMD_ANTIVIRUS_FILES),
+    }
+
+
+def outbound_context(cfg: SiteConfig) -> dict[str, Any]:
+    """options.outbound as the smtp transport's per-destination limits. A rate delay makes
+    deliveries one at a time, so a single failed connection would suspend the destination:
+    the failed-cohort limit is raised with it, and only then (Postfix's default otherwise)."""
+    outbound = cfg.options.outbound
+    delayed = duration_seconds(outbound.rate_delay) > 0
+    return {
+        "concurrency": outbound.concurrency,
+        "rate_delay": outbound.rate_delay if delayed else "0s",
+        "failed_cohort_limit": RATE_DELAY_FAILED_COHORT_LIMIT if delayed else None,
     }
 
 
@@ -190,6 +206,10 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
             "auth_per_minute": cfg.options.limits.auth_per_minute,
             "exempt": " ".join(postfix_network(n) for n in bans.ignore),
         },
+        # Outbound SMTP per destination (a domain; with a relay host, the relay, which then
+        # takes everything). Set on the smtp transport only: Postfix's default_destination_*
+        # would also hold back the LMTP deliveries into our own mailboxes.
+        "outbound": outbound_context(cfg),
         # postscreen on port 25: Postfix's zone=answers*weight form for each list.
         "blocklists": {
             "sites": [f"{dl.zone}{'=' + dl.answers if dl.answers else ''}*{dl.weight}"
