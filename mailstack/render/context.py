@@ -52,12 +52,19 @@ MAIL_PORTS = {"smtp": 25, "submissions": 465, "submission": 587, "imaps": 993, "
 MYNETWORKS = ["127.0.0.0/8", "::1/128"]
 # The host's own resolver (unbound), which Postfix and rspamd ask.
 RESOLVER_ADDRESS = "127.0.0.1"
-# rspamd: the milter Postfix talks to (the proxy worker, scanning itself, on loopback);
-# the controller's unix socket, which rspamd trusts without a password, so only its group
-# (rspamd's own, plus Dovecot's mail processes, which learn through it) may use it; the
-# web interface on loopback, behind the vault's password, reached through an SSH tunnel.
-# Redis keeps the statistics, greylisting and rate-limit buckets.
-RSPAMD = {"proxy": "127.0.0.1:11332", "controller_socket": "/run/rspamd/controller.sock",
+# The milters' sockets, relative to Postfix's queue directory (smtpd and cleanup run
+# chrooted there): unix sockets, each in a directory of its own that only Postfix and its
+# milter may enter. Not loopback TCP: there each reply of a milter that writes twice waited
+# for a delayed ACK (Nagle), 50 to 90 ms per message, and any local process could have had
+# OpenDKIM sign a message.
+MILTER_SOCKETS = {"rspamd": "rspamd/milter.sock", "opendkim": "opendkim/opendkim.sock"}
+# rspamd: the milter Postfix talks to (the proxy worker, scanning itself); the controller's
+# unix socket, which rspamd trusts without a password, so only its group (rspamd's own,
+# plus Dovecot's mail processes, which learn through it) may use it; the web interface on
+# loopback, behind the vault's password, reached through an SSH tunnel. Redis keeps the
+# statistics, greylisting and rate-limit buckets.
+RSPAMD = {"milter_socket": f"{POSTFIX_QUEUE_DIR}/{MILTER_SOCKETS['rspamd']}",
+          "controller_socket": "/run/rspamd/controller.sock",
           "web_ui": "127.0.0.1:11334", "group": "_rspamd", "redis": "127.0.0.1:6379"}
 # ClamAV (options.antivirus: clamav): clamd on a local socket, which systemd's socket unit
 # holds (clamd starts on the first connection), asked by rspamd's antivirus module. Its
@@ -226,8 +233,8 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
             "dnssec": resolver.dnssec,
         },
         "spam": {
-            "milter": f"inet:{RSPAMD['proxy']}",
-            "proxy": RSPAMD["proxy"],
+            "milter": f"unix:{MILTER_SOCKETS['rspamd']}",
+            "milter_socket": RSPAMD["milter_socket"],
             "controller": RSPAMD["controller_socket"],
             "group": RSPAMD["group"],
             # No hash in the vault (a site older than the interface): no interface.
@@ -284,8 +291,8 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
                         "password": site_secrets["mariadb"]["dovecot_password"]},
         },
         "dkim": {
-            "milter": "inet:127.0.0.1:8891",
-            "socket": "inet:8891@127.0.0.1",
+            "milter": f"unix:{MILTER_SOCKETS['opendkim']}",
+            "socket": f"local:{POSTFIX_QUEUE_DIR}/{MILTER_SOCKETS['opendkim']}",
             "signing_keys": [
                 {"domain": d, "selector": secrets.dkim_key(d)["selector"],
                  "key_file": f"{DKIM_KEYS_DIR}/{d}/{secrets.dkim_key(d)['selector']}.private"}
@@ -353,6 +360,9 @@ def host_vars(context: dict[str, Any]) -> dict[str, Any]:
         "mailstack_dkim_keys_dir": DKIM_KEYS_DIR,
         "mailstack_sieve_dirs": [SIEVE_DIR, SIEVE_PIPE_DIR],
         "mailstack_spam_group": context["spam"]["group"],
+        # The directories of the milters' sockets, which the rspamd and opendkim roles make.
+        "mailstack_milter_dirs": {name: f"{POSTFIX_QUEUE_DIR}/{path.rsplit('/', 1)[0]}"
+                                  for name, path in MILTER_SOCKETS.items()},
         "mailstack_db_name": context["db"]["name"],
         "mailstack_lmtp_socket": storage["lmtp_socket"],
         "mailstack_antivirus": {k: context["antivirus"][k] for k in (

@@ -70,10 +70,24 @@ def test_no_plain_imap(host):
     assert not [a for a, p in listeners(host) if p == 143]
 
 
-@pytest.mark.parametrize("port", [3306, 8891, 11332, 11334, 6379, 53])
+@pytest.mark.parametrize("port", [3306, 11334, 6379, 53])
 def test_backend_port_on_loopback_only(host, port):
     addrs = {a for a, p in listeners(host) if p == port}
     assert addrs == {"127.0.0.1"}, f"port {port} listens on {addrs}"
+
+
+@pytest.mark.parametrize(("directory", "socket", "owner", "group"), [
+    ("/var/spool/postfix/rspamd", "milter.sock", "_rspamd", "postfix"),
+    ("/var/spool/postfix/opendkim", "opendkim.sock", "opendkim", "opendkim"),
+])
+def test_milters_listen_on_sockets_only_postfix_reaches(host, directory, socket, owner, group):
+    """Unix sockets in Postfix's queue directory, no TCP port: no other local process may
+    have a message signed or scanned, and no milter reply waits for a delayed ACK."""
+    d = host.file(directory)
+    assert (d.user, d.group, d.mode) == (owner, group, 0o750)
+    assert host.file(f"{directory}/{socket}").is_socket
+    assert "opendkim" in sh(host, "id -nG postfix").split()
+    assert not [p for _, p in listeners(host) if p in (8891, 11332)]
 
 
 def test_firewall_opens_only_the_mail_and_ssh_ports(host):
@@ -127,8 +141,8 @@ def test_host_identity(host):
         ("smtpd_tls_auth_only", "yes"),
         ("smtpd_sasl_type", "dovecot"),
         ("virtual_transport", "lmtp:unix:private/dovecot-lmtp"),
-        ("smtpd_milters", "inet:127.0.0.1:11332, inet:127.0.0.1:8891"),
-        ("non_smtpd_milters", "inet:127.0.0.1:8891"),
+        ("smtpd_milters", "unix:rspamd/milter.sock, unix:opendkim/opendkim.sock"),
+        ("non_smtpd_milters", "unix:opendkim/opendkim.sock"),
         ("milter_default_action", "tempfail"),
         ("smtpd_tls_chain_files", "/etc/mailstack/tls/privkey.pem, /etc/mailstack/tls/fullchain.pem"),
     ],
