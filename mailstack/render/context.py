@@ -258,6 +258,8 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
         "antivirus": antivirus,
         "mail": {
             "domains": domains,
+            # Postfix's form: virtual_mailbox_domains, and the SQL tables' `domain` filter.
+            "domain_list": ", ".join(domains),
             "primary_domain": cfg.primary_domain,
             "admin_email": cfg.admin_email,
             "verify_address": verify_address(cfg),

@@ -185,7 +185,7 @@ def test_the_sieve_scripts_compile(host):
 
 
 def postfix_password(host: str) -> str:
-    cf = run(host, "cat", "/etc/postfix/mysql/virtual_domains.cf").stdout
+    cf = run(host, "cat", "/etc/postfix/mysql/virtual_aliases.cf").stdout
     return next(line.split("=", 1)[1].strip() for line in cf.splitlines()
                 if line.startswith("password"))
 
@@ -207,9 +207,10 @@ def test_sql_schema_users_and_lookups(host):
     run(host, "systemctl", "restart", "mariadb")
     load_sql(host)
     load_sql(host)  # idempotent: a second load changes nothing and does not fail
-    assert postmap(host, "example.org", "virtual_domains")
-    assert postmap(host, "example.net", "virtual_domains")
-    assert postmap(host, "elsewhere.test", "virtual_domains") == ""
+    # The domains are listed in main.cf; the tables are asked about our domains only.
+    assert run(host, "postconf", "-h", "virtual_mailbox_domains").stdout.strip() == (
+        "example.net, example.org")
+    assert run(host, "postconf", "-h", "virtual_alias_domains").stdout.strip() == ""
     assert postmap(host, "alice@example.org", "virtual_mailboxes")
     assert postmap(host, "ghost@example.org", "virtual_mailboxes") == ""
     assert postmap(host, "postmaster@example.org", "virtual_aliases") == "alice@example.org"
@@ -219,6 +220,23 @@ def test_sql_schema_users_and_lookups(host):
     assert "alice@example.org" in postmap(host, "alice@example.org", "sender_login")
     assert "alice@example.org" in postmap(host, "postmaster@example.org", "sender_login")
     assert "alice@example.org" not in postmap(host, "bob@example.net", "sender_login")
+
+
+def test_lookups_outside_our_domains_never_reach_the_database(host):
+    """The recipients of outgoing mail, @domain and bare-domain keys: not found, and not one
+    query (the tables' `domain` filter); addresses at our domains are still asked."""
+    load_sql(host)
+    questions = lambda: int(run(host, "mysql", "-N", "-e",  # noqa: E731
+                                "SHOW GLOBAL STATUS LIKE 'Questions'").stdout.split()[1])
+    before = questions()
+    own = questions() - before  # what asking costs by itself (the client's own statements)
+    for table in ("virtual_aliases", "virtual_mailboxes", "sender_login"):
+        for key in ("friend@elsewhere.test", "@example.org", "example.org", "alice"):
+            assert postmap(host, key, table) == "", (table, key)
+    after = questions()
+    assert after - before == 2 * own
+    assert postmap(host, "postmaster@example.org", "virtual_aliases") == "alice@example.org"
+    assert questions() - after > own
 
 
 def test_lookup_users_can_only_select(host):

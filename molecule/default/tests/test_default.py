@@ -260,7 +260,7 @@ def test_lookup_accounts_may_only_select(host, account):
 
 def test_postfix_account_cannot_write(host):
     # Log in for real with the password Postfix uses (read inside the container).
-    cmd = ("MYSQL_PWD=$(sed -n 's/^password = //p' /etc/postfix/mysql/virtual_domains.cf) "
+    cmd = ("MYSQL_PWD=$(sed -n 's/^password = //p' /etc/postfix/mysql/virtual_aliases.cf) "
            "mariadb -h 127.0.0.1 -u mailstack_postfix mailstack -e %s")
     assert sh(host, cmd, "SELECT name FROM domains").split()[-1] == DOMAIN
     denied = host.run(cmd, "INSERT INTO domains (name) VALUES ('evil.example')")
@@ -269,7 +269,8 @@ def test_postfix_account_cannot_write(host):
 
 def test_postfix_lookups(host):
     q = "postmap -q %s proxy:mysql:/etc/postfix/mysql/%s.cf"
-    assert sh(host, q, DOMAIN, "virtual_domains").strip() == DOMAIN
+    assert sh(host, "postconf -h virtual_mailbox_domains").strip() == DOMAIN
+    assert not host.file("/etc/postfix/mysql/virtual_domains.cf").exists
     assert sh(host, q, USER, "virtual_mailboxes").strip() == "example.org/alice/Maildir/"
     assert sh(host, q, "postmaster@example.org", "virtual_aliases").strip() == USER
     assert host.run(q, "nobody@example.org", "virtual_mailboxes").rc == 1
