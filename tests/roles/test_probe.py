@@ -176,6 +176,11 @@ DRIFT = [
     ("cp /etc/postfix/mysql/virtual_aliases.cf /etc/postfix/mysql/virtual_domains.cf",
      "test ! -e /etc/postfix/mysql/virtual_domains.cf"),
     ("systemctl stop opendkim", "systemctl is-active -q opendkim"),
+    # The milters' sockets: Postfix reaches OpenDKIM's as a member of its group, rspamd's
+    # through a directory only Postfix's group may enter.
+    ("gpasswd -d postfix opendkim", "id -nG postfix | grep -qw opendkim"),
+    ("chmod 0755 /var/spool/postfix/rspamd",
+     "test $(stat -c %U:%G:%a /var/spool/postfix/rspamd) = _rspamd:postfix:750"),
     ("systemctl disable -q mariadb", "systemctl is-enabled -q mariadb"),
     ("rm /etc/aliases.db", "test /etc/aliases.db -nt /etc/aliases"),
     ("usermod -s /bin/bash vmail", "getent passwd vmail | grep -q :/usr/sbin/nologin$"),
