@@ -50,6 +50,7 @@ import argparse
 import itertools
 import random
 import secrets
+import shutil
 import smtplib
 import ssl
 import statistics
@@ -392,30 +393,34 @@ def main() -> int:
     tag = secrets.token_hex(3)
     runs: dict[str, list[Run]] = {m: [] for m in MODES}
     workdir = Path(tempfile.mkdtemp(prefix="mailstack-bench-outbound-"))
-    with boxed_host(tag, key, args.keep) as (host, internet):
-        bed = Bed(host.name, host.ip, outside(internet).host.name, workdir / "site",
-                  network_subnet(f"mailstack-bench-outbound-{tag}"))
-        deploy(bed.site, host, internet, key, args)
-        start_sink(bed.outside)
-        testbed.wait_for_port(host.ip, 587, 60)
-        tags = itertools.count()
-        try:
-            for mode in MODES:  # warm-up: caches, processes, rspamd's maps; not counted
-                use_mode(bed, mode)
-                run = one_run(bed, mode, args, f"w{next(tags)}")
-                print(f"warm-up:  {mode:9} {run.rate:7.1f} msg/s {run.cpu:6.2f} ms CPU/msg",
-                      flush=True)
-            for i in range(args.rounds):
-                for mode in (MODES if i % 2 == 0 else tuple(reversed(MODES))):
+    try:
+        with boxed_host(tag, key, args.keep) as (host, internet):
+            bed = Bed(host.name, host.ip, outside(internet).host.name, workdir / "site",
+                      network_subnet(f"mailstack-bench-outbound-{tag}"))
+            deploy(bed.site, host, internet, key, args)
+            start_sink(bed.outside)
+            testbed.wait_for_port(host.ip, 587, 60)
+            tags = itertools.count()
+            try:
+                for mode in MODES:  # warm-up: caches, processes, rspamd's maps; not counted
                     use_mode(bed, mode)
-                    run = one_run(bed, mode, args, f"r{next(tags)}")
-                    runs[mode].append(run)
-                    print(f"round {i + 1}:  {mode:9} {run.rate:7.1f} msg/s {run.cpu:6.2f} ms "
-                          "CPU/msg", flush=True)
-        finally:
-            restore_postfix(bed.server)
-    if args.keep:
-        print(f"site in {bed.site}")
+                    run = one_run(bed, mode, args, f"w{next(tags)}")
+                    print(f"warm-up:  {mode:9} {run.rate:7.1f} msg/s {run.cpu:6.2f} ms CPU/msg",
+                          flush=True)
+                for i in range(args.rounds):
+                    for mode in (MODES if i % 2 == 0 else tuple(reversed(MODES))):
+                        use_mode(bed, mode)
+                        run = one_run(bed, mode, args, f"r{next(tags)}")
+                        runs[mode].append(run)
+                        print(f"round {i + 1}:  {mode:9} {run.rate:7.1f} msg/s {run.cpu:6.2f} ms "
+                              "CPU/msg", flush=True)
+            finally:
+                restore_postfix(bed.server)
+    finally:
+        if args.keep:
+            print(f"site in {workdir / 'site'}")
+        else:  # it holds the vault password
+            shutil.rmtree(workdir, ignore_errors=True)
     print(f"\n{args.messages} messages per run, {args.rounds} rounds, {args.sessions} SMTP "
           f"sessions (587, STARTTLS), {args.size}-byte bodies, one recipient each at "
           f"{SINK_DOMAIN}; options.outbound.concurrency {args.concurrency}; medians")
