@@ -128,7 +128,7 @@ RSPAMD_LOG = "/var/log/rspamd/rspamd.log"
 def use_filter(server: str, on: bool, milters: str) -> None:
     """rspamd in Postfix's milters (the deployed list) or out of them (OpenDKIM's alone)."""
     wanted = milters if on else ", ".join(m.strip() for m in milters.split(",")
-                                          if "11332" not in m)
+                                          if "rspamd" not in m)
     sh(server, f"postconf -e 'smtpd_milters={wanted}' && postfix reload >/dev/null 2>&1")
 
 

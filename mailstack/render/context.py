@@ -12,7 +12,7 @@ from typing import Any
 
 from mailstack.errors import ConfigError
 from mailstack.host import acme, sealer, storage_tool
-from mailstack.site.config import RESERVED_LOCAL_PART, SiteConfig
+from mailstack.site.config import RESERVED_LOCAL_PART, SiteConfig, duration_seconds
 from mailstack.site.inventory import InventoryHost
 from mailstack.site.tls import CERTIFICATE as TLS_CERTIFICATE
 from mailstack.site.tls import site_key
@@ -76,12 +76,19 @@ MAIL_PORTS = {"smtp": 25, "submissions": 465, "submission": 587, "imaps": 993, "
 MYNETWORKS = ["127.0.0.0/8", "::1/128"]
 # The host's own resolver (unbound), which Postfix and rspamd ask.
 RESOLVER_ADDRESS = "127.0.0.1"
-# rspamd: the milter Postfix talks to (the proxy worker, scanning itself, on loopback);
-# the controller's unix socket, which rspamd trusts without a password, so only its group
-# (rspamd's own, plus Dovecot's mail processes, which learn through it) may use it; the
-# web interface on loopback, behind the vault's password, reached through an SSH tunnel.
-# Redis keeps the statistics, greylisting and rate-limit buckets.
-RSPAMD = {"proxy": "127.0.0.1:11332", "controller_socket": "/run/rspamd/controller.sock",
+# The milters' sockets, relative to Postfix's queue directory (smtpd and cleanup run
+# chrooted there): unix sockets, each in a directory of its own that only Postfix and its
+# milter may enter. Not loopback TCP: there each reply of a milter that writes twice waited
+# for a delayed ACK (Nagle), 50 to 90 ms per message, and any local process could have had
+# OpenDKIM sign a message.
+MILTER_SOCKETS = {"rspamd": "rspamd/milter.sock", "opendkim": "opendkim/opendkim.sock"}
+# rspamd: the milter Postfix talks to (the proxy worker, scanning itself); the controller's
+# unix socket, which rspamd trusts without a password, so only its group (rspamd's own,
+# plus Dovecot's mail processes, which learn through it) may use it; the web interface on
+# loopback, behind the vault's password, reached through an SSH tunnel. Redis keeps the
+# statistics, greylisting and rate-limit buckets.
+RSPAMD = {"milter_socket": f"{POSTFIX_QUEUE_DIR}/{MILTER_SOCKETS['rspamd']}",
+          "controller_socket": "/run/rspamd/controller.sock",
           "web_ui": "127.0.0.1:11334", "group": "_rspamd", "redis": "127.0.0.1:6379"}
 # ClamAV (options.antivirus: clamav): clamd on a local socket, which systemd's socket unit
 # holds (clamd starts on the first connection), asked by rspamd's antivirus module. Its
@@ -106,6 +113,9 @@ RSPAMD_ANTIVIRUS_FILES = ["/etc/rspamd/local.d/antivirus.conf",
 # Global Sieve scripts (Junk filing, learning) and the programs they may pipe mail to.
 SIEVE_DIR = "/etc/dovecot/sieve"
 SIEVE_PIPE_DIR = "/etc/dovecot/sieve-pipe"
+# With a rate delay, deliveries to a destination go one at a time, and by Postfix's default
+# one failed connection suspends the whole destination; postconf(5) advises 10 or more.
+RATE_DELAY_FAILED_COHORT_LIMIT = 10
 # The systemd unit of the Postfix instance (Debian's postfix.service only starts it): its
 # journal is where fail2ban reads Postfix's failed logins.
 POSTFIX_INSTANCE_UNIT = "postfix@-"
@@ -205,6 +215,19 @@ def tls_context(cfg: SiteConfig, secrets: Any) -> dict[str, Any]:
     }
 
 
+def outbound_context(cfg: SiteConfig) -> dict[str, Any]:
+    """options.outbound as the smtp transport's per-destination limits. A rate delay makes
+    deliveries one at a time, so a single failed connection would suspend the destination:
+    the failed-cohort limit is raised with it, and only then (Postfix's default otherwise)."""
+    outbound = cfg.options.outbound
+    delayed = duration_seconds(outbound.rate_delay) > 0
+    return {
+        "concurrency": outbound.concurrency,
+        "rate_delay": outbound.rate_delay if delayed else "0s",
+        "failed_cohort_limit": RATE_DELAY_FAILED_COHORT_LIMIT if delayed else None,
+    }
+
+
 def verify_address(cfg: SiteConfig) -> str:
     return f"{VERIFY_LOCAL_PART}@{cfg.primary_domain}"
 
@@ -276,6 +299,10 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
             "auth_per_minute": cfg.options.limits.auth_per_minute,
             "exempt": " ".join(postfix_network(n) for n in bans.ignore),
         },
+        # Outbound SMTP per destination (a domain; with a relay host, the relay, which then
+        # takes everything). Set on the smtp transport only: Postfix's default_destination_*
+        # would also hold back the LMTP deliveries into our own mailboxes.
+        "outbound": outbound_context(cfg),
         # postscreen on port 25: Postfix's zone=answers*weight form for each list.
         "blocklists": {
             "sites": [f"{dl.zone}{'=' + dl.answers if dl.answers else ''}*{dl.weight}"
@@ -292,8 +319,8 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
             "dnssec": resolver.dnssec,
         },
         "spam": {
-            "milter": f"inet:{RSPAMD['proxy']}",
-            "proxy": RSPAMD["proxy"],
+            "milter": f"unix:{MILTER_SOCKETS['rspamd']}",
+            "milter_socket": RSPAMD["milter_socket"],
             "controller": RSPAMD["controller_socket"],
             "group": RSPAMD["group"],
             # No hash in the vault (a site older than the interface): no interface.
@@ -317,6 +344,8 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
         "antivirus": antivirus,
         "mail": {
             "domains": domains,
+            # Postfix's form: virtual_mailbox_domains, and the SQL tables' `domain` filter.
+            "domain_list": ", ".join(domains),
             "primary_domain": cfg.primary_domain,
             "admin_email": cfg.admin_email,
             "verify_address": verify_address(cfg),
@@ -356,8 +385,8 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
                         "password": site_secrets["mariadb"]["dovecot_password"]},
         },
         "dkim": {
-            "milter": "inet:127.0.0.1:8891",
-            "socket": "inet:8891@127.0.0.1",
+            "milter": f"unix:{MILTER_SOCKETS['opendkim']}",
+            "socket": f"local:{POSTFIX_QUEUE_DIR}/{MILTER_SOCKETS['opendkim']}",
             "signing_keys": [
                 {"domain": d, "selector": secrets.dkim_key(d)["selector"],
                  "key_file": f"{DKIM_KEYS_DIR}/{d}/{secrets.dkim_key(d)['selector']}.private"}
@@ -433,6 +462,9 @@ def host_vars(context: dict[str, Any]) -> dict[str, Any]:
         "mailstack_dkim_keys_dir": DKIM_KEYS_DIR,
         "mailstack_sieve_dirs": [SIEVE_DIR, SIEVE_PIPE_DIR],
         "mailstack_spam_group": context["spam"]["group"],
+        # The directories of the milters' sockets, which the rspamd and opendkim roles make.
+        "mailstack_milter_dirs": {name: f"{POSTFIX_QUEUE_DIR}/{path.rsplit('/', 1)[0]}"
+                                  for name, path in MILTER_SOCKETS.items()},
         "mailstack_db_name": context["db"]["name"],
         "mailstack_lmtp_socket": storage["lmtp_socket"],
         "mailstack_antivirus": {k: context["antivirus"][k] for k in (

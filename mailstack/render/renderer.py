@@ -34,7 +34,6 @@ SEALER_PREFIXES = ("etc/systemd/system/mailstack-seal",)
 
 # Files that carry a password, a hash or a private key: 0600 wherever mailstack writes them.
 SECRET_FILES = {
-    "etc/postfix/mysql/virtual_domains.cf",
     "etc/postfix/mysql/virtual_mailboxes.cf",
     "etc/postfix/mysql/virtual_aliases.cf",
     "etc/postfix/mysql/sender_login.cf",

@@ -34,6 +34,7 @@ _SIZE = re.compile(r"(\d+)\s*([kmg]?)b?", re.IGNORECASE)
 _DURATION = re.compile(r"\d{1,6}[smhdw]")
 _NETWORK = re.compile(r"[0-9A-Fa-f:.]{2,45}(/[0-9]{1,3})?")
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _RELAY_USER = re.compile(r"[^\s:\x00-\x1f\x7f]{1,255}")
 # A DNSBL answer filter, Postfix's syntax: 127.0.0.2, 127.0.0.[2..11], 127.0.[0..255].[1;2;3]
 _OCTET_SET = r"(?:\d{1,3}|\[\d{1,3}\.\.\d{1,3}\]|\[\d{1,3}(?:;\d{1,3})*\])"
@@ -43,6 +44,11 @@ _RELAY_HOST = re.compile(r"(\[[A-Za-z0-9.-]+\]|[A-Za-z0-9.-]+)(?::(\d{1,5}))?")
 MAX_QUOTA = 2**63 - 1
 # Postfix's message_size_limit: 0 would mean "no limit"; past 1 GiB no peer accepts it anyway.
 MESSAGE_SIZE_RANGE = (64 * 1024, 1024**3)
+# A pause of an hour between two messages to one destination is already 24 a day.
+MAX_RATE_DELAY = 3600
+# Postfix's smtp service may run default_process_limit (100) processes: more deliveries at
+# once to one destination than that never happen.
+MAX_DESTINATION_CONCURRENCY = 100
 
 
 def _size(value: Any) -> int:
@@ -62,6 +68,22 @@ def _duration(value: Any) -> str:
     text = str(value).strip()
     if not _DURATION.fullmatch(text):
         raise ValueError("must be a duration like 30m, 4h or 5d (s, m, h, d or w)")
+    return text
+
+
+def duration_seconds(duration: str) -> int:
+    """A validated Duration (like 12s or 4h) in seconds."""
+    return int(duration[:-1]) * _SECONDS[duration[-1]]
+
+
+def _rate_delay(value: Any) -> str:
+    """Postfix's smtp_destination_rate_delay: a whole number and one unit. No checker reads
+    it: the queue manager parses it at its first SMTP delivery, and Postfix 3.7 stops there
+    on `1.5s` and reads `500ms` as 500 minutes (it has no unit below the second)."""
+    text = str(value).strip()
+    if not _DURATION.fullmatch(text) or duration_seconds(text) > MAX_RATE_DELAY:
+        raise ValueError("must be a whole number of seconds or minutes up to 1h, like 1s, "
+                         "12s or 2m (0s: no delay)")
     return text
 
 
@@ -212,6 +234,18 @@ class Limits(_Strict):
     connections_per_minute: Annotated[int, Field(ge=1, le=100_000)] = 60
     # AUTH commands per minute (fail2ban bans after options.bans.max_failures failures).
     auth_per_minute: Annotated[int, Field(ge=1, le=100_000)] = 30
+
+
+class Outbound(_Strict):
+    """What this server sends to one destination over SMTP: a receiving domain or, with
+    options.relay, the relay (which then takes all outbound mail, so these limits are the
+    relay's). For a relay's or receiver's sending quota."""
+
+    # Deliveries at once to one destination (Postfix's default: 20).
+    concurrency: Annotated[int, Field(ge=1, le=MAX_DESTINATION_CONCURRENCY)] = 20
+    # Pause between two deliveries to one destination, e.g. 12s for 300 an hour; deliveries
+    # then go one at a time (concurrency no longer counts). 0s: no pause.
+    rate_delay: Annotated[str, BeforeValidator(_rate_delay)] = "0s"
 
 
 def _dnsbl_codes(value: Any) -> str:
@@ -414,6 +448,7 @@ class Options(_Strict):
     storage: Storage = Storage()
     bans: Bans = Bans()
     limits: Limits = Limits()
+    outbound: Outbound = Outbound()
     ssh: Ssh = Ssh()
     spam: Spam = Spam()
     blocklists: Blocklists = Blocklists()

@@ -242,6 +242,14 @@ options:
     connections_per_minute: 60
     auth_per_minute: 30
 
+  # What this server sends over SMTP to one destination (a receiving domain; with a relay,
+  # the relay, which then takes all outbound mail), for a relay's or receiver's quota:
+  # deliveries at once, and a pause between two deliveries (e.g. 12s for 300 an hour; they
+  # then go one at a time). 0s: no pause.
+  outbound:
+    concurrency: 20
+    rate_delay: 0s
+
   # The spam filter (rspamd). At reject_score a message is refused (5xx), at junk_score it
   # goes to Junk, at greylist_score (null: never) the sender must retry after
   # greylist_delay. One authenticated user may send user_hourly_limit messages an hour.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -39,11 +40,19 @@ def rendered(tmp_path_factory) -> Path:
          "bob@example.net", "friend@elsewhere.test"],
         ["--site", str(site), "relay", "set", "[smtp.relay.test]:587", "relayuser",
          "--password-stdin"],
-        ["--site", str(site), "render", "--out", str(root / "build")],
     ]
     for args in steps:
         result = run(app, args, input=PASSWORD + "\n")
         assert result.exit_code == 0, (args, result.output)
+    # A relay's quota (options.outbound): the limits Postfix's queue manager reads only when
+    # it first delivers over SMTP (test_the_queue_manager_takes_the_outbound_limits).
+    config = site / "mailstack.yml"
+    text = config.read_text()
+    assert "    concurrency: 20\n    rate_delay: 0s\n" in text
+    config.write_text(text.replace("    concurrency: 20\n    rate_delay: 0s\n",
+                                   "    concurrency: 5\n    rate_delay: 12s\n"))
+    result = run(app, ["--site", str(site), "render", "--out", str(root / "build")])
+    assert result.exit_code == 0, result.output
     return root / "build" / "mail.example.org"
 
 
@@ -98,9 +107,15 @@ def test_postfix_accepts_main_cf_and_master_cf(host):
     ("milter_default_action", "tempfail"),
     ("relayhost", "[smtp.relay.test]:587"),
     ("smtpd_etrn_restrictions", "reject"),
+    ("smtp_destination_concurrency_limit", "5"),
+    ("smtp_destination_rate_delay", "12s"),
+    ("smtp_destination_concurrency_failed_cohort_limit", "10"),
+    # Dovecot's LMTP deliveries keep Postfix's defaults.
+    ("lmtp_destination_concurrency_limit", "20"),
+    ("lmtp_destination_rate_delay", "0s"),
 ])
 def test_postfix_effective_values(host, param, expected):
-    proc = run(host, "postconf", "-h", param)
+    proc = run(host, "postconf", "-xh", param)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == expected
 
@@ -153,9 +168,11 @@ def test_opendkim_accepts_its_config(host):
 def test_rspamd_accepts_its_settings(host):
     proc = run(host, "rspamadm", "configtest")
     assert proc.returncode == 0 and "syntax OK" in proc.stdout, proc.stdout + proc.stderr
-    # The milter scans by itself, on loopback; only this host counts as local.
+    # The milter scans by itself, on a unix socket in Postfix's queue directory; only this
+    # host counts as local.
     dump = run(host, "rspamadm", "configdump", "worker").stdout
-    assert "self_scan = true" in dump and 'bind_socket = "127.0.0.1:11332"' in dump, dump
+    assert "self_scan = true" in dump, dump
+    assert 'bind_socket = "/var/spool/postfix/rspamd/milter.sock mode=0666 owner=_rspamd"' in dump, dump
     options = run(host, "rspamadm", "configdump", "options").stdout
     assert "172.16.0.0/12" not in options and "127.0.0.0/8" in options, options
 
@@ -174,7 +191,7 @@ def test_the_sieve_scripts_compile(host):
 
 
 def postfix_password(host: str) -> str:
-    cf = run(host, "cat", "/etc/postfix/mysql/virtual_domains.cf").stdout
+    cf = run(host, "cat", "/etc/postfix/mysql/virtual_aliases.cf").stdout
     return next(line.split("=", 1)[1].strip() for line in cf.splitlines()
                 if line.startswith("password"))
 
@@ -196,9 +213,10 @@ def test_sql_schema_users_and_lookups(host):
     run(host, "systemctl", "restart", "mariadb")
     load_sql(host)
     load_sql(host)  # idempotent: a second load changes nothing and does not fail
-    assert postmap(host, "example.org", "virtual_domains")
-    assert postmap(host, "example.net", "virtual_domains")
-    assert postmap(host, "elsewhere.test", "virtual_domains") == ""
+    # The domains are listed in main.cf; the tables are asked about our domains only.
+    assert run(host, "postconf", "-h", "virtual_mailbox_domains").stdout.strip() == (
+        "example.net, example.org")
+    assert run(host, "postconf", "-h", "virtual_alias_domains").stdout.strip() == ""
     assert postmap(host, "alice@example.org", "virtual_mailboxes")
     assert postmap(host, "ghost@example.org", "virtual_mailboxes") == ""
     assert postmap(host, "postmaster@example.org", "virtual_aliases") == "alice@example.org"
@@ -208,6 +226,23 @@ def test_sql_schema_users_and_lookups(host):
     assert "alice@example.org" in postmap(host, "alice@example.org", "sender_login")
     assert "alice@example.org" in postmap(host, "postmaster@example.org", "sender_login")
     assert "alice@example.org" not in postmap(host, "bob@example.net", "sender_login")
+
+
+def test_lookups_outside_our_domains_never_reach_the_database(host):
+    """The recipients of outgoing mail, @domain and bare-domain keys: not found, and not one
+    query (the tables' `domain` filter); addresses at our domains are still asked."""
+    load_sql(host)
+    questions = lambda: int(run(host, "mysql", "-N", "-e",  # noqa: E731
+                                "SHOW GLOBAL STATUS LIKE 'Questions'").stdout.split()[1])
+    before = questions()
+    own = questions() - before  # what asking costs by itself (the client's own statements)
+    for table in ("virtual_aliases", "virtual_mailboxes", "sender_login"):
+        for key in ("friend@elsewhere.test", "@example.org", "example.org", "alice"):
+            assert postmap(host, key, table) == "", (table, key)
+    after = questions()
+    assert after - before == 2 * own
+    assert postmap(host, "postmaster@example.org", "virtual_aliases") == "alice@example.org"
+    assert questions() - after > own
 
 
 def test_lookup_users_can_only_select(host):
@@ -244,6 +279,34 @@ def test_dovecot_sql_auth_accepts_the_argon2id_hash(host):
     assert "auth succeeded" in good.stdout
     bad = run(host, "doveadm", "auth", "test", "alice@example.org", PASSWORD + "x")
     assert bad.returncode != 0 and "auth failed" in bad.stdout
+
+
+def test_the_queue_manager_takes_the_outbound_limits(host):
+    """`postfix check` does not read the smtp transport's limits: the queue manager parses
+    them when it first has mail for that transport, and a value it cannot parse stops it
+    then (`1.5s`: "fatal: parameter smtp_destination_rate_delay: bad time value or unit").
+    So Postfix runs here with the rendered files and one message goes out through the relay
+    (it fails to resolve and is deferred: this host resolves nothing). Only the milters are
+    left out, whose daemons this host does not run with these files."""
+    load_sql(host)
+    run(host, "sh", "-c", "echo 'nameserver 127.0.0.1' > /etc/resolv.conf")
+    # As the postfix role places them: proxymap reads the lookup tables as postfix.
+    for command in ("chgrp postfix /etc/postfix/mysql/*.cf && chmod 0640 /etc/postfix/mysql/*.cf",
+                    "newaliases", "postconf -e smtpd_milters= non_smtpd_milters=",
+                    "systemctl restart postfix@-"):
+        proc = run(host, "sh", "-c", command)
+        assert proc.returncode == 0, (command, proc.stdout + proc.stderr)
+    since = run(host, "date", "+%Y-%m-%d %H:%M:%S").stdout.strip()
+    sent = run(host, "sendmail", "-f", "alice@example.org", "friend@elsewhere.test",
+               input="Subject: outbound limits\n\nbody\n")
+    assert sent.returncode == 0, sent.stderr
+    deadline = time.monotonic() + 30
+    log = ""
+    while "status=deferred" not in log and time.monotonic() < deadline:
+        time.sleep(0.5)
+        log = run(host, "journalctl", "-u", "postfix@-", "--since", since, "--no-pager").stdout
+    assert "to=<friend@elsewhere.test>, relay=none" in log and "status=deferred" in log, log
+    assert not re.search(r"postfix/qmgr\[\d+\]: (fatal|warning)", log), log
 
 
 # Last: it adds the virus scanner's files (options.antivirus: clamav) to the host.

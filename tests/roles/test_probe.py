@@ -171,9 +171,16 @@ def test_expect_and_paths() -> None:
 DRIFT = [
     ("chmod 0600 /etc/dovecot/dovecot.conf", "test $(stat -c %a /etc/dovecot/dovecot.conf) = 644"),
     ("echo '# drift' >> /etc/postfix/main.cf", "! grep -q drift /etc/postfix/main.cf"),
-    ("echo x >> /etc/postfix/mysql/virtual_domains.cf",
-     "! grep -qx x /etc/postfix/mysql/virtual_domains.cf"),
+    ("echo x >> /etc/postfix/mysql/virtual_aliases.cf",
+     "! grep -qx x /etc/postfix/mysql/virtual_aliases.cf"),
+    ("cp /etc/postfix/mysql/virtual_aliases.cf /etc/postfix/mysql/virtual_domains.cf",
+     "test ! -e /etc/postfix/mysql/virtual_domains.cf"),
     ("systemctl stop opendkim", "systemctl is-active -q opendkim"),
+    # The milters' sockets: Postfix reaches OpenDKIM's as a member of its group, rspamd's
+    # through a directory only Postfix's group may enter.
+    ("gpasswd -d postfix opendkim", "id -nG postfix | grep -qw opendkim"),
+    ("chmod 0755 /var/spool/postfix/rspamd",
+     "test $(stat -c %U:%G:%a /var/spool/postfix/rspamd) = _rspamd:postfix:750"),
     ("systemctl disable -q mariadb", "systemctl is-enabled -q mariadb"),
     ("rm /etc/aliases.db", "test /etc/aliases.db -nt /etc/aliases"),
     ("usermod -s /bin/bash vmail", "getent passwd vmail | grep -q :/usr/sbin/nologin$"),
@@ -302,7 +309,7 @@ def test_drift_is_reported_by_check_and_repaired(deployed: Deployed) -> None:
 def test_a_file_its_daemon_refuses_never_goes_live(deployed: Deployed) -> None:
     # One run changes a lookup table (placed first) and main.cf (placed after it), which
     # Postfix refuses: the table goes live, main.cf does not, and the play fails naming it.
-    table, main_cf = "etc/postfix/mysql/virtual_domains.cf", "etc/postfix/main.cf"
+    table, main_cf = "etc/postfix/mysql/virtual_aliases.cf", "etc/postfix/main.cf"
 
     def tamper(rendered: Path) -> None:
         with (rendered / table).open("a") as f:

@@ -144,6 +144,27 @@ def test_all_problems_reported_at_once(tmp_path):
          "options.blocklists.allow[0] (line 14): must be an IP address or network"),
         (("25M", "25M\n  resolver:\n    forward_to: [dns.example.org]"),
          "options.resolver.forward_to[0] (line 14): must be an IP address"),
+        (("25M", "25M\n  outbound:\n    concurrency: 0"),
+         "options.outbound.concurrency (line 14): Input should be greater than or equal to 1"),
+        (("25M", "25M\n  outbound:\n    concurrency: 101"),
+         "options.outbound.concurrency (line 14): Input should be less than or equal to 100"),
+        (("25M", "25M\n  outbound:\n    concurrency: lots"),
+         "options.outbound.concurrency (line 14): Input should be a valid integer"),
+        # Postfix has no unit below the second: its queue manager reads 500ms as 500
+        # minutes and stops on 1.5s at its first delivery; neither may reach main.cf.
+        (("25M", "25M\n  outbound:\n    rate_delay: 500ms"),
+         "options.outbound.rate_delay (line 14): must be a whole number of seconds or minutes"),
+        (("25M", "25M\n  outbound:\n    rate_delay: 1.5s"),
+         "options.outbound.rate_delay (line 14): must be a whole number of seconds"),
+        (("25M", "25M\n  outbound:\n    rate_delay: 12"),
+         "options.outbound.rate_delay (line 14): must be a whole number of seconds"),
+        (("25M", "25M\n  outbound:\n    rate_delay: 2h"),
+         "options.outbound.rate_delay (line 14): must be a whole number of seconds or minutes "
+         "up to 1h"),
+        (("25M", "25M\n  outbound:\n    rate_delay: \"1s\\nrelayhost = evil\""),
+         "options.outbound.rate_delay (line 14): must be a whole number of seconds"),
+        (("25M", "25M\n  outbound:\n    rate_dealy: 1s"),
+         "options.outbound.rate_dealy (line 14): unknown key 'rate_dealy'; did you mean 'rate_delay'?"),
         (("25M", "25M\n  antivirus: clamv"),
          "options.antivirus (line 13): must be 'none' or 'clamav' (got 'clamv')"),
         (("25M", "25M\n  antivirus: true"),
@@ -208,3 +229,11 @@ def test_antivirus_is_off_unless_asked_for(tmp_path):
     assert load(tmp_path, VALID).model.options.antivirus == "none"
     cfg = load(tmp_path, VALID.replace("25M", "25M\n  antivirus: clamav")).model
     assert cfg.options.antivirus == "clamav"
+
+
+def test_outbound_takes_postfix_defaults_and_accepts_a_quota(tmp_path):
+    outbound = load(tmp_path, VALID).model.options.outbound
+    assert (outbound.concurrency, outbound.rate_delay) == (20, "0s")
+    cfg = load(tmp_path, VALID.replace("25M", "25M\n  outbound:\n    concurrency: 5\n"
+                                              "    rate_delay: 1h")).model
+    assert (cfg.options.outbound.concurrency, cfg.options.outbound.rate_delay) == (5, "1h")

@@ -22,7 +22,7 @@ from mailstack.render.renderer import (
     render_host,
     write_tree,
 )
-from mailstack.site.config import Bans, Blocklists, DnsList, Limits, SiteConfig
+from mailstack.site.config import Bans, Blocklists, DnsList, Limits, Outbound, SiteConfig
 from mailstack.site.inventory import InventoryHost
 from mailstack.site.secrets import Secrets
 
@@ -212,6 +212,52 @@ def test_anvil_limits_and_their_exempt_addresses():
     assert "smtpd_client_auth_rate_limit = 4\n" in main_cf
     assert ("smtpd_client_event_limit_exceptions = $mynetworks 192.0.2.10/32 "
             "[2001:db8::]/32\n") in main_cf
+
+
+def main_cf(cfg: SiteConfig) -> str:
+    return {str(f.path): f.content for f in render_host(cfg, fake_secrets(), HOST)}[
+        "etc/postfix/main.cf"]
+
+
+def with_outbound(cfg: SiteConfig, **limits: object) -> SiteConfig:
+    return cfg.model_copy(update={"options": cfg.options.model_copy(
+        update={"outbound": Outbound.model_validate(limits)})})
+
+
+def test_outbound_limits_are_the_smtp_transports_only():
+    """Postfix's default_destination_* would also slow the LMTP deliveries into our own
+    mailboxes: only the smtp transport gets the limits. No rate delay: Postfix's failed-cohort
+    default stays."""
+    text = main_cf(with_outbound(CONFIG, concurrency=4))
+    assert "\nsmtp_destination_concurrency_limit = 4\n" in text
+    assert "\nsmtp_destination_rate_delay = 0s\n" in text
+    assert "failed_cohort_limit" not in text
+    assert "default_destination_" not in text and "lmtp_destination_" not in text
+
+
+def test_a_rate_delay_raises_the_failed_cohort_limit():
+    """One delivery at a time: by default a single failed connection would suspend the whole
+    destination (postconf(5) advises 10 or more with a rate delay)."""
+    text = main_cf(with_outbound(CONFIG, rate_delay="12s"))
+    assert "\nsmtp_destination_rate_delay = 12s\n" in text
+    assert "\nsmtp_destination_concurrency_failed_cohort_limit = 10\n" in text
+    # A zero written in other units is still no delay.
+    text = main_cf(with_outbound(CONFIG, rate_delay="0m"))
+    assert "\nsmtp_destination_rate_delay = 0s\n" in text
+    assert "failed_cohort_limit" not in text
+
+
+def test_with_a_relay_the_limits_are_the_relays():
+    """With relayhost every outbound message has the relay as its next hop, so the queue
+    manager counts them all as one destination: the same smtp_destination_* lines are the
+    relay's limits, and no relay_* parameter is needed (the relay transport serves
+    relay_domains, which this server has none of)."""
+    text = main_cf(with_outbound(CONFIG, concurrency=2, rate_delay="1s"))
+    assert "\nrelayhost = [smtp.relay.test]:587\n" in text
+    assert "\nsmtp_destination_concurrency_limit = 2\n" in text
+    assert "\nsmtp_destination_rate_delay = 1s\n" in text
+    assert "relay_destination" not in text
+    assert "relay_domains" not in text
 
 
 ANTIVIRUS_GOLDEN = GOLDEN / "antivirus"
