@@ -224,13 +224,21 @@ class Resolver:
         return [r.target.to_text() for r in self.query(name, "PTR")]
 
 
+TXT_CHUNK = 255  # one character-string of a TXT record holds at most 255 bytes
+
+
+def txt_strings(text: str) -> str:
+    """A TXT value in zone-file form: quoted character-strings of at most 255 bytes (a DKIM
+    key needs two), quotes and backslashes escaped, other bytes as \\DDD."""
+    raw = text.encode()
+    chunks = [raw[i:i + TXT_CHUNK] for i in range(0, len(raw), TXT_CHUNK)] or [b""]
+    return " ".join(_quoted(c) for c in chunks)
+
+
 def rdata(rdtype: str, text: str) -> dns.rdata.Rdata:
     """A record's value as dnspython reads it (names absolute; TXT as one string)."""
     if rdtype == "TXT":
-        raw = text.encode()
-        chunks = [raw[i:i + 255] for i in range(0, len(raw), 255)] or [b""]
-        return dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.TXT,
-                                   " ".join(_quoted(c) for c in chunks))
+        return dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.TXT, txt_strings(text))
     return dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.from_text(rdtype), text,
                                origin=dns.name.root, relativize=False)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,3 +79,14 @@ class Tools:
 @pytest.fixture(scope="session")
 def tools() -> Tools:
     return Tools()
+
+
+@pytest.fixture(scope="module")
+def network(engine: None, tools: Tools) -> Iterator[str]:
+    """A test network of the module's own (the internet in a box is started on it)."""
+    name = tools.unique_name("mailstack-testbed-net")
+    try:
+        testbed.ensure_network(name)
+        yield name
+    finally:
+        testbed.remove_network(name)

@@ -33,6 +33,7 @@ import dns.rcode
 import dns.tsig
 import dns.update
 
+from mailstack.dnsquery import txt_strings
 from testbed import (
     Host,
     SandboxError,
@@ -66,7 +67,6 @@ PREFIX = "mailstack-inet"
 AUTH_PORT = 53  # knot, in its own container (the address of NS_NAME), as the NS records say
 DOCKER_DNS = "127.0.0.11"  # Docker's embedded DNS: forwards to the machine's resolver
 DEFAULT_TTL = 60
-TXT_CHUNK = 255
 NS_NAME = "ns.test."
 TSIG_NAME = "mailstack-box."  # the key dynamic zones accept updates signed with
 TSIG_ALGORITHM = "hmac-sha256"
@@ -194,25 +194,8 @@ def zone_of(name: str, origins: Iterable[str]) -> str:
     return max(matches, key=len)
 
 
-def txt_rdata(value: str) -> str:
-    """A TXT value as quoted character-strings of at most 255 bytes (a DKIM key needs two)."""
-    raw = value.encode()
-    chunks = [raw[i:i + TXT_CHUNK] for i in range(0, len(raw), TXT_CHUNK)] or [b""]
-    return " ".join('"' + _escape(chunk) + '"' for chunk in chunks)
-
-
-def _escape(chunk: bytes) -> str:
-    """Zone-file escaping: quotes and backslashes escaped, non-printable bytes as \\DDD."""
-    out = []
-    for byte in chunk:
-        char = chr(byte)
-        if char in '"\\':
-            out.append("\\" + char)
-        elif 0x20 <= byte < 0x7F:
-            out.append(char)
-        else:
-            out.append(f"\\{byte:03d}")
-    return "".join(out)
+# The zone-file form of a TXT value: the product's (mailstack dns push writes the same).
+txt_rdata = txt_strings
 
 
 def zone_file(origin: str, records: Iterable[Record], serial: int) -> str:

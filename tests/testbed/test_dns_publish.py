@@ -45,16 +45,6 @@ def mailstack(site: Path | None, *args: str, input: str | None = None) -> subpro
 
 
 @pytest.fixture(scope="module")
-def network(engine: None, tools) -> Iterator[str]:
-    name = tools.unique_name("mailstack-dns-net")
-    try:
-        testbed.ensure_network(name)
-        yield name
-    finally:
-        testbed.remove_network(name)
-
-
-@pytest.fixture(scope="module")
 def box(network: str, tools) -> Iterator[Internet]:
     with Internet(network, prefix=tools.unique_name("mailstack-inet-dns"), dynamic=(DOMAIN,)) as box:
         yield box

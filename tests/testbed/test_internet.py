@@ -25,16 +25,6 @@ MAIL_HOST = "mail.site.test"
 
 
 @pytest.fixture(scope="module")
-def network(engine: None, tools) -> Iterator[str]:
-    name = tools.unique_name("mailstack-inet-net")
-    try:
-        testbed.ensure_network(name)
-        yield name
-    finally:
-        testbed.remove_network(name)
-
-
-@pytest.fixture(scope="module")
 def internet(network: str, tools) -> Iterator[Internet]:
     with Internet(network, prefix=tools.unique_name("mailstack-inet")) as box:
         yield box
