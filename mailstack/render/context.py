@@ -89,7 +89,8 @@ MILTER_SOCKETS = {"rspamd": "rspamd/milter.sock", "opendkim": "opendkim/opendkim
 # statistics, greylisting and rate-limit buckets.
 RSPAMD = {"milter_socket": f"{POSTFIX_QUEUE_DIR}/{MILTER_SOCKETS['rspamd']}",
           "controller_socket": "/run/rspamd/controller.sock",
-          "web_ui": "127.0.0.1:11334", "group": "_rspamd", "redis": "127.0.0.1:6379"}
+          "web_ui": "127.0.0.1:11334", "user": "_rspamd", "group": "_rspamd",
+          "redis": "127.0.0.1:6379"}
 # ClamAV (options.antivirus: clamav): clamd on a local socket, which systemd's socket unit
 # holds (clamd starts on the first connection), asked by rspamd's antivirus module. Its
 # signature databases live in database_dir; it needs min_available_mib of RAM (the full
@@ -462,6 +463,7 @@ def host_vars(context: dict[str, Any]) -> dict[str, Any]:
         "mailstack_dkim_keys_dir": DKIM_KEYS_DIR,
         "mailstack_sieve_dirs": [SIEVE_DIR, SIEVE_PIPE_DIR],
         "mailstack_spam_group": context["spam"]["group"],
+        "mailstack_spam_user": RSPAMD["user"],
         # The directories of the milters' sockets, which the rspamd and opendkim roles make.
         "mailstack_milter_dirs": {name: f"{POSTFIX_QUEUE_DIR}/{path.rsplit('/', 1)[0]}"
                                   for name, path in MILTER_SOCKETS.items()},
