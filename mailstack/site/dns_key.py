@@ -12,6 +12,7 @@ from ruamel.yaml.comments import CommentedMap
 
 from mailstack.errors import MailstackError
 from mailstack.site.directory import Site, edits_site
+from mailstack.site.document import option_to_map, option_to_null
 
 SECRET = "dns_update_secret"
 # base64 as BIND's tsig-keygen, Knot's keymgr -t and PowerDNS's generate-tsig-key print it.
@@ -68,12 +69,7 @@ def set_key(site: Site, name: str, algorithm: str, secret: str, server: str | No
     if server is not None:
         update["server"] = server
     if update is not current:
-        # The comment block after `dns_update: null` belongs to the next key; ruamel keeps
-        # it on the replaced value (as in relay.py), so move it to the new map's last key.
-        trailing = options.ca.items.pop("dns_update", None)
-        options["dns_update"] = update
-        if trailing and trailing[2] is not None:
-            update.ca.items[list(update)[-1]] = [None, None, trailing[2], None]
+        option_to_map(options, "dns_update", update)
     replaced = bool(site.secrets.site.get(SECRET))
     site.secrets.site[SECRET] = secret
     site.commit()  # validates options.dns_update (a bad name or server names the field)
@@ -86,11 +82,7 @@ def clear_key(site: Site) -> None:
     options = site.doc.data.get("options")
     if not options or not options.get("dns_update"):
         raise MailstackError("no DNS update key is set (options.dns_update is null)")
-    old = options["dns_update"]
-    trailing = getattr(old, "ca", None) and old.ca.items.get(list(old)[-1])
-    options["dns_update"] = None
-    if trailing and trailing[2] is not None:
-        options.ca.items["dns_update"] = [None, None, trailing[2], None]
+    option_to_null(options, "dns_update")
     site.secrets.site.pop(SECRET, None)
     site.commit()
 

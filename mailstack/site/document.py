@@ -57,6 +57,26 @@ class ConfigDocument:
 MAX_SIZE = 1024 * 1024  # a site's mailstack.yml is a few KB; anything near this is a mistake
 
 
+def option_to_map(options: CommentedMap, key: str, value: CommentedMap) -> None:
+    """Put a map where `key: null` was. The comment block that followed `key: null` belongs
+    to the next option; ruamel keeps it on the replaced value, so it moves to the new map's
+    last key."""
+    trailing = options.ca.items.pop(key, None)
+    options[key] = value
+    if trailing and trailing[2] is not None:
+        value.ca.items[list(value)[-1]] = [None, None, trailing[2], None]
+
+
+def option_to_null(options: CommentedMap, key: str) -> None:
+    """Set `key: null` where a map was, the comment block after the map's last key kept
+    after the null (the reverse of option_to_map)."""
+    old = options[key]
+    trailing = getattr(old, "ca", None) and old.ca.items.get(list(old)[-1])
+    options[key] = None
+    if trailing and trailing[2] is not None:
+        options.ca.items[key] = [None, None, trailing[2], None]
+
+
 def load_yaml(path: Path) -> CommentedMap:
     text = read_text(path, what="the site's desired state", fix=(
         "run mailstack inside a site directory, pass --site DIR, or create a site with "

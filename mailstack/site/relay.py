@@ -7,6 +7,7 @@ from ruamel.yaml.comments import CommentedMap
 
 from mailstack.errors import MailstackError
 from mailstack.site.directory import Site, edits_site
+from mailstack.site.document import option_to_map, option_to_null
 from mailstack.site.names import control_problem
 
 
@@ -18,13 +19,7 @@ def set_relay(site: Site, host: str, username: str, password: str) -> None:
         raise MailstackError(f"the relay password {problem}; it must fit on one line of "
                              "sasl_passwd")
     options = site.doc.data.setdefault("options", CommentedMap())
-    relay = CommentedMap(host=host, username=username)
-    # The comment block that followed `relay: null` belongs to the next option; ruamel keeps
-    # it on the replaced value, so move it to the new map's last key.
-    trailing = options.ca.items.pop("relay", None)
-    if trailing and trailing[2] is not None:
-        relay.ca.items["username"] = [None, None, trailing[2], None]
-    options["relay"] = relay
+    option_to_map(options, "relay", CommentedMap(host=host, username=username))
     site.secrets.site["relay_password"] = password
     site.commit()
 
@@ -34,10 +29,6 @@ def clear_relay(site: Site) -> None:
     options = site.doc.data.get("options")
     if not options or not options.get("relay"):
         raise MailstackError("no relay host is set")
-    old = options["relay"]
-    trailing = getattr(old, "ca", None) and old.ca.items.get(list(old)[-1])
-    options["relay"] = None
-    if trailing and trailing[2] is not None:
-        options.ca.items["relay"] = [None, None, trailing[2], None]
+    option_to_null(options, "relay")
     site.secrets.site["relay_password"] = None
     site.commit()

@@ -57,30 +57,40 @@ def _reply(stream) -> str:
     return "".join(lines)
 
 
-def tls_socket(address: str, port: int, server_name: str, ctx: ssl.SSLContext) -> ssl.SSLSocket:
+def _expect(port: int, reply: str, code: str) -> str:
+    if not reply.startswith(code):
+        raise ssl.SSLError(f"port {port}: {reply.strip() or 'no reply'} (wanted {code})")
+    return reply
+
+
+def tls_socket(address: str, port: int, server_name: str, ctx: ssl.SSLContext,
+               timeout: float = TIMEOUT) -> ssl.SSLSocket:
     """A TLS connection to address:port as a client that resolved server_name there (SNI
     and the name check), after STARTTLS on the SMTP ports."""
-    sock = socket.create_connection((address, port), timeout=TIMEOUT)
+    sock = socket.create_connection((address, port), timeout=timeout)
     try:
         if TLS_PORTS.get(port) == "starttls":
             stream = sock.makefile("rb")
-            for command, want in ((None, "220"), (b"EHLO verify.mailstack.invalid\r\n", "250"),
-                                  (b"STARTTLS\r\n", "220")):
-                if command:
-                    sock.sendall(command)
-                reply = _reply(stream)
-                if not reply.startswith(want):
-                    raise ssl.SSLError(f"port {port}: {reply.strip() or 'no reply'} "
-                                       f"(wanted {want})")
+            _expect(port, _reply(stream), "220")
+            sock.sendall(b"EHLO verify.mailstack.invalid\r\n")
+            if "STARTTLS" not in _expect(port, _reply(stream), "250").upper():
+                raise ssl.SSLError(f"port {port}: STARTTLS is not offered")
+            sock.sendall(b"STARTTLS\r\n")
+            _expect(port, _reply(stream), "220")
         return ctx.wrap_socket(sock, server_hostname=server_name)
     except BaseException:
         sock.close()
         raise
 
 
-def served(address: str, port: int, server_name: str, ctx: ssl.SSLContext) -> x509.Certificate:
-    with tls_socket(address, port, server_name, ctx) as tls:
-        return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
+def served(address: str, port: int, server_name: str, ctx: ssl.SSLContext,
+           timeout: float = TIMEOUT) -> x509.Certificate:
+    """The certificate port presents to a client that checks it with ctx."""
+    with tls_socket(address, port, server_name, ctx, timeout) as tls:
+        der = tls.getpeercert(binary_form=True)
+    if not der:
+        raise ssl.SSLError(f"port {port}: no certificate presented")
+    return x509.load_der_x509_certificate(der)
 
 
 def spki_sha256(cert: x509.Certificate) -> str:

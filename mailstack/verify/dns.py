@@ -22,18 +22,13 @@ match (MUST_MATCH) is different.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import smtplib
-import ssl
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import dns.name
 import dns.rdatatype
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from mailstack.dnsquery import (
     NameServer,
@@ -47,11 +42,11 @@ from mailstack.dnsquery import (
 )
 from mailstack.errors import MailstackError
 from mailstack.render.dns import MUST_MATCH, SHARED_TXT, Record, site_records, txt_tag
+from mailstack.verify import certificate
 
 SCHEMA = 1
 SMTP_PORT = 25
 SMTP_TIMEOUT = 6.0
-EHLO_NAME = "dns-check.mailstack.invalid"
 WORKERS = 16
 STATUS_ORDER = {"ok": 0, "different": 1, "missing": 2}
 
@@ -346,33 +341,11 @@ def _why(exc: Exception) -> str:
     return str(exc) or type(exc).__name__
 
 
-class ServedKeyError(Exception):
-    pass
-
-
 def served_tlsa(address: str, hostname: str, timeout: float = SMTP_TIMEOUT) -> str:
     """The `3 1 1` TLSA data of the key the server presents on port 25 after STARTTLS, to a
-    sender that asks for hostname (SNI)."""
-    client = smtplib.SMTP(timeout=timeout, local_hostname=EHLO_NAME)
-    try:
-        client.connect(address, SMTP_PORT)
-        client.ehlo()
-        if not client.has_extn("starttls"):
-            raise ServedKeyError("it does not offer STARTTLS")
-        code, reply = client.docmd("STARTTLS")
-        if code != 220:
-            raise ServedKeyError(f"STARTTLS was answered {code} {reply.decode(errors='replace')}")
-        ctx = ssl.create_default_context()
-        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # the key is what counts
-        with ctx.wrap_socket(client.sock, server_hostname=hostname) as tls:  # type: ignore[arg-type]
-            der = tls.getpeercert(binary_form=True)
-    finally:
-        client.close()
-    if not der:
-        raise ServedKeyError("it presented no certificate")
-    spki = x509.load_der_x509_certificate(der).public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return "3 1 1 " + hashlib.sha256(spki).hexdigest()
+    sender that asks for hostname (SNI); the key is what counts, not the chain."""
+    cert = certificate.served(address, SMTP_PORT, hostname, certificate.unchecked(), timeout)
+    return "3 1 1 " + certificate.spki_sha256(cert)
 
 
 # --------------------------------------------------------------------------- output

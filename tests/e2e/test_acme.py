@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import ssl
 import time
 import xml.etree.ElementTree as ET
@@ -29,10 +28,11 @@ from dataclasses import dataclass
 import pytest
 import testbed
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from testbed.acme import AcmeCA
 
 from mailstack.site.directory import Site
+from mailstack.site.tls import spki_sha256 as key_spki_sha256
+from mailstack.verify.certificate import TLS_PORTS, served, spki_sha256, tls_socket, unchecked
 
 from .helpers import BoxedHost, host_in_a_box, mailstack, send, wait_for_subjects
 
@@ -41,8 +41,8 @@ DOMAIN = "cert.test"
 HOSTNAME = f"mail.{DOMAIN}"
 ALICE = f"alice@{DOMAIN}"
 TOOL = "/usr/local/sbin/mailstack-acme"
-# Every port that presents the certificate, and how a client gets to TLS on it.
-PORTS = {25: "smtp", 587: "smtp", 465: "tls", 993: "tls", 443: "tls"}
+# Every port that presents the certificate.
+PORTS = tuple(TLS_PORTS)
 AUTODISCOVER_REQUEST = (
     b'<?xml version="1.0" encoding="utf-8"?><Autodiscover xmlns="http://schemas.microsoft.com/'
     b'exchange/autodiscover/outlook/requestschema/2006"><Request><EMailAddress>'
@@ -59,34 +59,11 @@ class Bed(BoxedHost):
         return mailstack(self.site, "deploy")
 
 
-def _smtp_reply(stream) -> str:
-    lines = []
-    while True:
-        line = stream.readline().decode()
-        if not line:
-            raise ConnectionError("the server closed the connection: " + "".join(lines))
-        lines.append(line)
-        if line[3:4] != "-":
-            return "".join(lines)
-
-
 def served_certificate(ip: str, port: int, ctx: ssl.SSLContext,
                        server_name: str = HOSTNAME) -> x509.Certificate:
     """The certificate a port presents to a client that checks it with ctx (SNI and name
-    check: server_name); STARTTLS first on the SMTP ports."""
-    sock = socket.create_connection((ip, port), timeout=15)
-    try:
-        if PORTS[port] == "smtp":
-            stream = sock.makefile("rb")
-            assert _smtp_reply(stream).startswith("220")
-            sock.sendall(b"EHLO client.test\r\n")
-            assert "STARTTLS" in _smtp_reply(stream)
-            sock.sendall(b"STARTTLS\r\n")
-            assert _smtp_reply(stream).startswith("220")
-        with ctx.wrap_socket(sock, server_hostname=server_name) as tls:
-            return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
-    finally:
-        sock.close()
+    check: server_name); STARTTLS first on the SMTP ports (verify's own client)."""
+    return served(ip, port, server_name, ctx)
 
 
 def https(ip: str, name: str, path: str, ctx: ssl.SSLContext,
@@ -94,8 +71,7 @@ def https(ip: str, name: str, path: str, ctx: ssl.SSLContext,
     """A request to name (SNI, Host and the certificate's name) at ip, as a client that
     resolved name to ip does; POST with a body."""
     conn = http.client.HTTPSConnection(name, context=ctx, timeout=15)
-    conn.sock = ctx.wrap_socket(socket.create_connection((ip, 443), timeout=15),
-                                server_hostname=name)
+    conn.sock = tls_socket(ip, 443, name, ctx)
     try:
         conn.request("POST" if body is not None else "GET", path, body=body,
                      headers={"Content-Type": "text/xml"} if body is not None else {})
@@ -105,20 +81,13 @@ def https(ip: str, name: str, path: str, ctx: ssl.SSLContext,
         conn.close()
 
 
-def unchecked() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-    return ctx
-
-
 def trusting(root_pem: str) -> ssl.SSLContext:
     """A client that trusts only the CA's root, and checks the name."""
     return ssl.create_default_context(cadata=root_pem)
 
 
-def spki(cert: x509.Certificate) -> bytes:
-    return cert.public_key().public_bytes(serialization.Encoding.DER,
-                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+def spki(cert: x509.Certificate) -> str:
+    return spki_sha256(cert)
 
 
 def names(cert: x509.Certificate) -> set[str]:
@@ -152,11 +121,9 @@ def bed(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def site_key_spki(bed) -> bytes:
-    pem = Site(bed.site).secrets.site["tls_key"]
-    key = serialization.load_pem_private_key(pem.encode(), password=None)
-    return key.public_key().public_bytes(serialization.Encoding.DER,
-                                         serialization.PublicFormat.SubjectPublicKeyInfo)
+def site_key_spki(bed) -> str:
+    """What the TLSA record names: the SHA-256 of the vault's key."""
+    return key_spki_sha256(Site(bed.site).secrets.site["tls_key"])
 
 
 def test_a_ca_that_cannot_be_reached_leaves_the_self_signed_certificate(bed, site_key_spki):
@@ -178,9 +145,9 @@ def test_the_next_deploy_gets_a_trusted_certificate_for_every_port(bed, site_key
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     assert "no certificate from the CA yet" not in deployed.stderr
     ctx = trusting(bed.ca.issuing_root())
-    served = {port: served_certificate(bed.ip, port, ctx) for port in PORTS}
-    assert len({c.serial_number for c in served.values()}) == 1, "every port serves the same"
-    cert = served[25]
+    presented = {port: served_certificate(bed.ip, port, ctx) for port in PORTS}
+    assert len({c.serial_number for c in presented.values()}) == 1, "every port serves the same"
+    cert = presented[25]
     assert spki(cert) == site_key_spki  # the vault's key: the TLSA record stays valid
     assert names(cert) == {HOSTNAME, f"mta-sts.{DOMAIN}", f"autoconfig.{DOMAIN}"}
     # The MTA-STS policy, fetched as a sender does: HTTPS to mta-sts.DOMAIN, verified.
