@@ -83,6 +83,9 @@ class Report:
     zones: dict[str, list[NameServer]]
     results: list[RecordResult]
     warnings: list[str]
+    # The subsets of warnings `mailstack verify` turns into checks of their own.
+    ptr_warnings: list[str] = field(default_factory=list)
+    tlsa_warnings: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -190,11 +193,12 @@ def check(site: Any, resolver_server: Server | None, *, ns_port: int = 53) -> Re
         results.append(combine(r, sources))
     warnings = list(notes) + warnings + _server_warnings(results)
     warnings += _address_warnings(recs, results, resolver, hostname)
-    warnings += _ptr_warnings(resolver, host_addresses, hostname)
+    ptr = _ptr_warnings(resolver, host_addresses, hostname)
+    tlsa_found = []
     if tlsa is not None:
         published = next(res.found for res in results if res.record is tlsa)
-        warnings += _tlsa_warnings(tlsa, published, served)
-    return Report(str(resolver), zones, results, warnings)
+        tlsa_found = _tlsa_warnings(tlsa, published, served)
+    return Report(str(resolver), zones, results, warnings + ptr + tlsa_found, ptr, tlsa_found)
 
 
 def _zones(resolver: Resolver, recs: list[Record], ns_port: int

@@ -12,6 +12,7 @@ import imaplib
 import smtplib
 import ssl
 
+from mailstack.dnsquery import Server
 from mailstack.render.context import mta_sts_policy, verify_address
 from mailstack.site.directory import Site
 from mailstack.site.inventory import InventoryHost, select_hosts
@@ -19,6 +20,7 @@ from mailstack.site.tls import site_key, spki_sha256
 from mailstack.verify import certificate, probes
 from mailstack.verify.host import host_checks, one_time_password
 from mailstack.verify.probes import Probe, Target
+from mailstack.verify.published import dns_checks
 from mailstack.verify.report import Check
 from mailstack.verify.roundtrip import round_trip
 
@@ -67,9 +69,11 @@ def probe_host(t: Target, c: certificate.CertTarget, rec: Recorder) -> None:
     rec.attempt("wrong password refused", lambda: probes.wrong_password_refused(t))
 
 
-def verify(site: Site, only_host: str | None = None) -> list[Check]:
+def verify(site: Site, only_host: str | None = None, *, dns: bool = False,
+           resolver: Server | None = None) -> list[Check]:
     """Per host: the checks from the host itself (over SSH), then the probes from here with
-    a one-time password for the verify mailbox."""
+    a one-time password for the verify mailbox; with dns, the site's DNS checks at the end
+    (asked of resolver; None: this machine's)."""
     results: list[Check] = []
     for host in select_hosts(site.root, site.inventory, only_host):
         rec = Recorder(host.name)
@@ -77,4 +81,6 @@ def verify(site: Site, only_host: str | None = None) -> list[Check]:
         with one_time_password(site, host, rec) as password:
             probe_host(target(site, host, password), cert_target(site, host), rec)
         results.extend(rec.results)
+    if dns:
+        results.extend(dns_checks(site, resolver))
     return results

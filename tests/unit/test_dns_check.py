@@ -30,6 +30,8 @@ from mailstack.dnsquery import Resolver, Server
 from mailstack.errors import MailstackError
 from mailstack.site.directory import InitOptions, Site, init_site
 from mailstack.verify.dns import as_json, check, table
+from mailstack.verify.published import dns_checks, mx_matches, why_skipped
+from mailstack.verify.report import Check
 
 DOMAIN = "example.org"
 HOST = "127.0.0.1"  # the site's host: nothing but loopback is ever contacted
@@ -320,3 +322,76 @@ def test_a_domain_that_is_not_delegated_is_named(site, server):
     assert list(report.zones) == ["org."]
     assert "example.org lies in the zone org., a top-level domain: it is not delegated" \
         in report.warnings[0]
+
+
+# --------------------------------------------------------------------------- verify's DNS checks
+
+
+def verify_checks(site: Path, server: TinyDNS) -> dict[str, Check]:
+    return {c.name: c for c in dns_checks(Site(site), Server(HOST, server.port), ns_port=server.port)}
+
+
+def test_verify_turns_the_report_into_checks(runner, site, server):
+    publish(server, dns_json(runner, site))
+    checks = verify_checks(site, server)
+    published = checks["DNS records published as printed"]
+    assert published.passed and published.detail == "17 of 17 records ok", published
+    covers = checks[f"MTA-STS policy of {DOMAIN} covers its MX"]
+    assert covers.passed and covers.detail == f"MX mail.{DOMAIN}. in the policy"
+    # Nothing serves loopback's reverse zone or listens on its port 25: both fail, saying why.
+    assert not checks["reverse DNS (PTR) names the host"].passed
+    tlsa = checks[f"TLSA _25._tcp.mail.{DOMAIN}. matches the key on port 25"]
+    assert not tlsa.passed and "was not compared" in tlsa.detail, tlsa
+
+
+def test_verify_names_the_failing_records_and_an_mx_outside_the_policy(runner, site, server):
+    items = dns_json(runner, site)
+    sts = next(i for i in items if i["name"] == f"_mta-sts.{DOMAIN}.")
+    publish(server, items, skip={f"_dmarc.{DOMAIN}."},
+            replace={(sts["name"], "TXT"): '"v=STSv1; id=old"'})
+    checks = verify_checks(site, server)
+    published = checks["DNS records published as printed"]
+    assert not published.passed
+    assert published.detail.startswith(f"missing: TXT _dmarc.{DOMAIN}.")
+    assert "mailstack dns check" in published.detail
+    covers = checks[f"MTA-STS policy of {DOMAIN} covers its MX"]
+    assert not covers.passed and f"_mta-sts.{DOMAIN} is different" in covers.detail, covers
+    # A backup MX the policy does not name: an enforcing sender would refuse it.
+    zone = server.zones[dns.name.from_text(f"{DOMAIN}.")]
+    zone.find_rdataset(f"{DOMAIN}.", "MX").add(dns.rdata.from_text("IN", "MX", "20 backup.example.net."))
+    covers = verify_checks(site, server)[f"MTA-STS policy of {DOMAIN} covers its MX"]
+    assert not covers.passed and covers.detail.startswith("MX backup.example.net. not in the policy")
+
+
+def test_verify_dns_checks_fail_cleanly_without_a_resolver(site):
+    dead = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    dead.bind((HOST, 0))  # bound, never answering
+    try:
+        checks = dns_checks(Site(site), Server(HOST, dead.getsockname()[1]))
+    finally:
+        dead.close()
+    assert [c.name for c in checks] == ["DNS records published as printed"]
+    assert not checks[0].passed and checks[0].detail
+
+
+@pytest.mark.parametrize(("names", "resolver", "skipped"), [
+    (("sandbox.test", "mail.sandbox.test"), None, True),
+    (("sandbox.test", "mail.sandbox.test"), Server(HOST, 53), False),
+    (("example.org", "mail.example.org"), None, False),
+    (("example.org", "mail.box.test"), None, False),
+])
+def test_special_use_names_are_not_asked_of_the_public_dns(tmp_path, names, resolver, skipped):
+    site = Site(init_site(tmp_path / "s", InitOptions(names[0], names[1], HOST)))
+    why = why_skipped(site, resolver)
+    assert (why is not None) == skipped
+    if skipped:
+        assert "--resolver" in why and "sandbox.test" in why
+
+
+@pytest.mark.parametrize(("pattern", "host", "match"), [
+    ("mail.example.org", "mail.example.org.", True), ("mail.example.org", "MAIL.example.org", True),
+    ("mail.example.org", "mx.example.org", False), ("*.example.org", "mx.example.org", True),
+    ("*.example.org", "a.b.example.org", False), ("*.example.org", "example.org", False),
+])
+def test_policy_mx_patterns(pattern, host, match):
+    assert mx_matches(pattern, host) is match
