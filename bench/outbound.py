@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import random
 import secrets
 import shutil
@@ -87,6 +88,7 @@ SAVED = "/root/outbound-bench"  # the deployed main.cf and master.cf while bare 
 HOURLY_LIMIT = 1_000_000  # options.spam.user_hourly_limit's ceiling: a newsletter sender's
 DKIM_SAMPLE = 20  # signatures verified per mailstack run (each costs an RSA verify here)
 MODES = ("mailstack", "bare")
+UNIT_SHOWN = 0.05  # ms per message: smaller units are not listed
 
 
 def sh(host: str, script: str) -> str:
@@ -149,6 +151,31 @@ else:
 
 def cpu_seconds(server: str) -> float:
     return float(testbed.exec_in(server, ["python3", "-c", CPU_PROBE]).stdout)
+
+
+# Run inside the host: CPU seconds per systemd unit (each process's own time and its reaped
+# children's, e.g. Postfix's master collects its smtpd, cleanup and smtp processes' when
+# they exit), as JSON. Where the price per message goes, beside the cgroup's total.
+UNIT_PROBE = r"""
+import json, os
+hz, units = os.sysconf("SC_CLK_TCK"), {}
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+        cgroup = open(f"/proc/{pid}/cgroup").read()
+    except OSError:
+        continue
+    path = next((line.split(":", 2)[2] for line in cgroup.splitlines()
+                 if line.split(":")[1] in ("name=systemd", "")), "/")
+    unit = path.rstrip("/").rsplit("/", 1)[-1].removesuffix(".service") or "-"
+    ticks = sum(map(int, stat[stat.rindex(")") + 2:].split()[11:15]))
+    units[unit] = units.get(unit, 0) + ticks / hz
+print(json.dumps(units))
+"""
+
+
+def unit_seconds(server: str) -> dict[str, float]:
+    return json.loads(testbed.exec_in(server, ["python3", "-c", UNIT_PROBE]).stdout)
 
 
 
@@ -274,6 +301,7 @@ class Bed:
 class Run:
     rate: float  # messages per second, end to end
     cpu: float  # milliseconds of the host's CPU per message
+    units: dict[str, float] = field(default_factory=dict)  # ms per message, per systemd unit
 
 
 def one_run(bed: Bed, mode: str, args: argparse.Namespace, tag: str) -> Run:
@@ -282,7 +310,7 @@ def one_run(bed: Bed, mode: str, args: argparse.Namespace, tag: str) -> Run:
     clear_sink(bed.outside)
     messages = newsletter(args.messages, args.size, tag)
     budget = max(60.0, args.messages / 5)  # 5 msg/s: far below anything seen; a stuck run ends
-    cpu_before = cpu_seconds(bed.server)
+    cpu_before, units_before = cpu_seconds(bed.server), unit_seconds(bed.server)
     started = time.monotonic()
     Submitter(bed.ip, args.sessions, auth=mode == "mailstack").send(messages)
     if not queue_empty(bed.server, budget):
@@ -291,6 +319,8 @@ def one_run(bed: Bed, mode: str, args: argparse.Namespace, tag: str) -> Run:
     counted = sink_count(bed.outside, args.messages, 30)
     elapsed = time.monotonic() - started
     cpu = cpu_seconds(bed.server) - cpu_before
+    units = {u: 1000 * (t - units_before.get(u, 0.0)) / args.messages
+             for u, t in unit_seconds(bed.server).items()}
     time.sleep(0.5)
     counted = sink_count(bed.outside, args.messages, 0)  # nothing more arrives later
     if counted != args.messages:
@@ -305,7 +335,7 @@ def one_run(bed: Bed, mode: str, args: argparse.Namespace, tag: str) -> Run:
             ok, detail = check_signature(raw, keys)
             if not ok:
                 raise SystemExit(f"a DKIM signature at the sink does not verify: {detail}")
-    return Run(args.messages / elapsed, 1000 * cpu / args.messages)
+    return Run(args.messages / elapsed, 1000 * cpu / args.messages, units)
 
 
 # --------------------------------------------------------------------------- setup
@@ -336,7 +366,7 @@ def boxed_host(tag: str, key: Path, keep: bool) -> Iterator[tuple[testbed.Host, 
         yield host, internet
     finally:
         if keep:
-            print(f"kept: {name}, {internet.prefix}-dns, {internet.prefix}-sender, network "
+            print(f"kept: {name}, the box's {internet.prefix}-* containers, network "
                   f"{network}", flush=True)
         else:
             internet.stop()
@@ -430,6 +460,14 @@ def main() -> int:
     ours, bare = (statistics.median(r.cpu for r in runs[m]) for m in MODES)
     print(f"{'host CPU ms per msg':22}{ours:10.2f}{bare:8.2f}{ours / bare:8.2f}")
     print("aim: mailstack >= 100 msg/s and >= 0.60 of bare Postfix")
+    print("\nhost CPU ms per msg by systemd unit (medians; the cgroup's total also counts "
+          "what the probes themselves and the kernel cost)")
+    names = {u for m in MODES for r in runs[m] for u in r.units}
+    per = {u: [statistics.median(r.units.get(u, 0.0) for r in runs[m]) for m in MODES]
+           for u in names}
+    for unit, (ours, bare) in sorted(per.items(), key=lambda kv: -kv[1][0]):
+        if max(ours, bare) >= UNIT_SHOWN:
+            print(f"{unit:26}{ours:6.2f}{bare:8.2f}")
     return 0
 
 
