@@ -345,9 +345,13 @@ class Tls(_Strict):
     served and every deploy and the timer try again. self-signed: never trusted by clients
     (a sandbox, a test). files: your own certificate, imported with `mailstack tls import`.
     The key is the site's (secrets/site.yml): it stays across renewals, so the TLSA record
-    `mailstack dns` prints stays valid."""
+    `mailstack dns` prints stays valid.
 
-    certificate: Literal["acme", "self-signed", "files"] = "acme"
+    New sites get acme from `init`; a site without this block (made before it existed, when
+    every certificate was self-signed) keeps self-signed rather than turning to a CA on the
+    next deploy."""
+
+    certificate: Literal["acme", "self-signed", "files"] = "self-signed"
     acme_directory: Annotated[str, BeforeValidator(_acme_url)] = LETS_ENCRYPT
     # The ACME account's contact (expiry notices); null: admin_email.
     acme_email: Address | None = None

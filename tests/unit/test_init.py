@@ -132,3 +132,15 @@ def test_a_new_site_hardens_ssh(site_dir):
     assert SiteConfig.model_validate({"hostname": "mail.example.org", "domains": ["example.org"],
                                       "admin_email": "postmaster@example.org"}
                                      ).options.ssh.harden is False
+
+
+def test_a_new_site_asks_a_ca_and_an_older_site_keeps_self_signed(site_dir):
+    """init writes acme; a site from before options.tls (all self-signed then) must not turn
+    to Let's Encrypt on its next deploy just because the tool was upgraded."""
+    from mailstack.site.config import SiteConfig
+    from mailstack.site.directory import Site
+
+    assert Site(site_dir).config.options.tls.certificate == "acme"
+    assert SiteConfig.model_validate({"hostname": "mail.example.org", "domains": ["example.org"],
+                                      "admin_email": "postmaster@example.org"}
+                                     ).options.tls.certificate == "self-signed"

@@ -36,7 +36,8 @@ CONFIG = SiteConfig.model_validate({
     "aliases": {"postmaster@example.org": "alice@example.org",
                 "team@example.net": ["alice@example.org", "bob@example.net",
                                      "friend@elsewhere.test"]},
-    "options": {"relay": {"host": "[smtp.relay.test]:587", "username": "relayuser"}},
+    "options": {"relay": {"host": "[smtp.relay.test]:587", "username": "relayuser"},
+                "tls": {"certificate": "acme"}},  # what init writes
 })
 
 
