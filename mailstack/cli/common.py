@@ -27,9 +27,12 @@ class Options:
 
     def site(self):  # -> Site (imported lazily: the CLI starts fast)
         from mailstack.site.directory import Site
+        from mailstack.site.migrate import migrate_and_tell
 
-        return Site(self.site_dir, vault_password_file=self.vault_password_file,
+        site = Site(self.site_dir, vault_password_file=self.vault_password_file,
                     inventory=self.inventory)
+        migrate_and_tell(site)  # a site from an older mailstack, brought up to this one
+        return site
 
 
 def site_and_password(ctx: typer.Context, for_whom: str, from_stdin: bool):

@@ -467,7 +467,20 @@ class User(_Strict):
     quota: Quota = 0
 
 
+# The layout of mailstack.yml this version writes and reads; older ones are migrated
+# (site/migrate.py). 1: every site before the field existed.
+SITE_FORMAT = 2
+
+
+def _format(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool) and value > SITE_FORMAT:
+        raise ValueError(f"format {value} is from a newer mailstack (this one reads up to "
+                         f"{SITE_FORMAT}): upgrade mailstack (pip install -U mailstack)")
+    return value
+
+
 class SiteConfig(_Strict):
+    format: Annotated[int, Field(ge=1, strict=True), AfterValidator(_format)] = 1
     hostname: Domain
     admin_email: Address
     domains: list[Domain] = Field(min_length=1)

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from mailstack.errors import ConfigError, MailstackError
 from mailstack.files import write_all_atomic, write_atomic
-from mailstack.site.config import CONFIG_FILE
+from mailstack.site.config import CONFIG_FILE, SITE_FORMAT
 from mailstack.site.document import ConfigDocument
 from mailstack.site.inventory import (
     DEFAULT_INVENTORY,
@@ -174,6 +174,10 @@ def config_document(opts: InitOptions) -> str:
 # mailstack site: the desired state of your mail server.
 # Edit it by hand or with `mailstack user|alias|domain …`, then run `mailstack deploy`.
 # Every key is checked: a typo is an error, never silently ignored.
+
+# The layout of this file. A newer mailstack brings an older site up to date itself (and
+# says what it changed); an older one refuses a site it cannot read.
+format: {SITE_FORMAT}
 
 # The server's fully qualified host name. Needs an A (and AAAA) record, and the provider's
 # reverse DNS (PTR) should point back to it: `mailstack dns` lists the records.
