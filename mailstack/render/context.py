@@ -314,10 +314,14 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
                         for dl in blocklists.lists if dl.weight > 0],
             "allow": list(blocklists.allow),
         },
+        # Validation from the root's key (dnssec), below the site's own anchors, or both;
+        # none at all only with neither.
         "resolver": {
             "address": RESOLVER_ADDRESS,
             "forward_to": list(resolver.forward_to),
             "dnssec": resolver.dnssec,
+            "trust_anchors": list(resolver.trust_anchors),
+            "validates": resolver.dnssec or bool(resolver.trust_anchors),
         },
         "spam": {
             "milter": f"unix:{MILTER_SOCKETS['rspamd']}",

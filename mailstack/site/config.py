@@ -25,6 +25,7 @@ from pydantic import (
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from mailstack.errors import ConfigError
+from mailstack.site.dnssec import trust_anchor
 from mailstack.site.names import address_problem, domain_problem, normalize_address
 
 CONFIG_FILE = "mailstack.yml"
@@ -288,11 +289,14 @@ class Resolver(_Strict):
     By default it resolves from the root servers and validates DNSSEC: the DNS blocklists
     refuse queries that come through the big public resolvers, so a mail server needs its
     own. forward_to sends every query to the resolvers listed instead (a resolver of your
-    own network, or a test bed's)."""
+    own network, or a test bed's). trust_anchors: keys of signed zones the root does not
+    vouch for (a private or lab zone), validated below them, also with dnssec off."""
 
     forward_to: list[Annotated[str, BeforeValidator(_ip)]] = []
-    # Off only for an upstream that strips DNSSEC data (validation would fail every name).
+    # Validation from the root's key. Off only for an upstream that strips DNSSEC data
+    # (validation would fail every name); then only the trust_anchors' zones are validated.
     dnssec: bool = True
+    trust_anchors: list[Annotated[str, BeforeValidator(trust_anchor)]] = []
 
 
 Score = Annotated[float, Field(ge=-1000, le=1000, allow_inf_nan=False)]
@@ -551,6 +555,12 @@ def semantic_problems(cfg: SiteConfig) -> list[tuple[tuple[Any, ...], str]]:
                            "nor an alias; add the user first (mailstack user add)")
                 )
     problems.extend(_alias_loops(cfg.aliases))
+    anchors: set[str] = set()
+    for i, anchor in enumerate(cfg.options.resolver.trust_anchors):
+        if anchor in anchors:
+            problems.append((("options", "resolver", "trust_anchors", i),
+                             f"{anchor!r} is listed twice; remove one"))
+        anchors.add(anchor)
     return problems
 
 

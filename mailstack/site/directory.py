@@ -275,10 +275,14 @@ options:
   # The host's own DNS resolver (unbound): it resolves from the root servers and validates
   # DNSSEC, as DNS blocklists require (they refuse the big public resolvers). forward_to
   # sends every query to these resolvers instead, e.g. [192.0.2.53]; dnssec: false only for
-  # one that strips DNSSEC data.
+  # one that strips DNSSEC data (no validation from the root's key). trust_anchors: DS or
+  # DNSKEY records of signed zones the root does not vouch for (a private zone), e.g.
+  # ["lab.example. DS 12345 13 2 <64 hex digits>"]: they are validated (DANE counts there)
+  # with dnssec true and false alike; with dnssec false nothing else is.
   resolver:
     forward_to: []
     dnssec: true
+    trust_anchors: []
 
   # Virus scanning: none, or clamav (ClamAV's clamd, asked by rspamd about every message:
   # a virus is refused at SMTP time; while clamd cannot answer, senders get 4xx and retry).

@@ -180,6 +180,23 @@ def test_rspamd_accepts_its_settings(host):
 def test_unbound_accepts_its_config(host):
     proc = run(host, "unbound-checkconf")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    # The root's anchor as Debian ships it: dpkg finds its conffile unchanged.
+    verify = run(host, "dpkg", "--verify", "unbound")
+    assert "root-auto-trust-anchor-file.conf" not in verify.stdout, verify.stdout
+
+
+def test_unbound_accepts_trust_anchors_without_the_root(host):
+    """The golden files of options.resolver.trust_anchors with dnssec false, as unbound
+    reads them (it parses each anchor's record)."""
+    golden = Path(__file__).parent.parent / "golden" / "trust-anchors" / "etc" / "unbound"
+    conf = "".join((golden / "unbound.conf.d" / name).read_text()
+                   for name in ("mailstack.conf", "root-auto-trust-anchor-file.conf"))
+    testbed.exec_in(host, ["sh", "-c", "cat > /tmp/anchors.conf"], input=conf)
+    proc = run(host, "unbound-checkconf", "/tmp/anchors.conf")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    broken = conf.replace("DS 11804 13 2 AB", "DS 11804 13 2 ZZ")
+    testbed.exec_in(host, ["sh", "-c", "cat > /tmp/broken.conf"], input=broken)
+    assert run(host, "unbound-checkconf", "/tmp/broken.conf").returncode != 0
 
 
 def test_the_sieve_scripts_compile(host):

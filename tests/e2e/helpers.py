@@ -123,10 +123,13 @@ class BoxedHost:
 def host_in_a_box(what: str, site: Path, domain: str, users: Sequence[str], *,
                   edits: Sequence[tuple[str, str]] = (), cap_add: tuple[str, ...] = (),
                   before_deploy: Callable[[BoxedHost], None] = lambda bed: None,
+                  signed: tuple[str, ...] = (),
                   ) -> Iterator[BoxedHost]:
     """A stack-image host (mail.DOMAIN) and the box on their own network; the site is made
     with `mailstack init`, gets a self-signed certificate, is changed by `edits`, resolves
-    through the box, has the users and is deployed. Everything is removed afterwards, also on failure."""
+    through the box, has the users and is deployed. signed: the box's DNSSEC-signed zones
+    (before_deploy may give their trust anchors to the site). Everything is removed
+    afterwards, also on failure."""
     tag = secrets.token_hex(3)
     network = name = f"mailstack-e2e-{what}-{tag}"
     key = sandbox.ensure_keypair(sandbox.default_state_dir())
@@ -135,7 +138,8 @@ def host_in_a_box(what: str, site: Path, domain: str, users: Sequence[str], *,
         host = testbed.start_host(name, testbed.stack_image(), hostname=f"mail.{domain}",
                                   network=network, cap_add=cap_add,
                                   ssh_pubkey=key.with_suffix(".pub").read_text())
-        with testbed.Internet(network, prefix=f"mailstack-inet-{what}-{tag}") as internet:
+        with testbed.Internet(network, prefix=f"mailstack-inet-{what}-{tag}",
+                              signed=signed) as internet:
             init = mailstack(None, "init", str(site), "--domain", domain, "--hostname",
                              f"mail.{domain}", "--host", host.ip, "--ssh-key", str(key))
             assert init.returncode == 0, init.stderr

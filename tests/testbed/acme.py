@@ -10,19 +10,14 @@ start (`issuing_root()`).
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import ssl
 import time
 import urllib.request
 from dataclasses import dataclass, field
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
 from testbed import SandboxError, exec_in
+from testbed.ca import TestCA
 from testbed.internet import Internet, Record, write_file
 
 NAME = "acme.test"
@@ -30,42 +25,9 @@ API_PORT = 14000
 MANAGEMENT_PORT = 15000
 UNIT = "pebble"
 CONF_DIR = "/etc/pebble"
-# Trusted by a host with update-ca-certificates (a .crt below this directory).
-HOST_TRUST_FILE = "/usr/local/share/ca-certificates/mailstack-testbed-acme.crt"
+# Trusted by a host with update-ca-certificates (testbed.ca.LOCAL_CA_DIR/<this>.crt).
+HOST_TRUST_NAME = "mailstack-testbed-acme"
 START_TIMEOUT = 20.0
-
-
-def _pem(cert: x509.Certificate) -> str:
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
-
-
-def _https_certificates(name: str) -> tuple[str, str, str]:
-    """(CA certificate, server certificate, server key) in PEM for pebble's HTTPS API."""
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mailstack test bed ACME API CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=30))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                       content_commitment=False, key_encipherment=False,
-                                       data_encipherment=False, key_agreement=False,
-                                       encipher_only=False, decipher_only=False), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-            .issuer_name(ca_name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=30))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]),
-                           critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption()).decode()
-    return _pem(ca), _pem(cert), key_pem
 
 
 @dataclass
@@ -74,6 +36,7 @@ class AcmeCA:
 
     internet: Internet
     https_ca_pem: str = field(default="", init=False)
+    _api_ca: TestCA | None = field(default=None, init=False, repr=False)
 
     @property
     def directory(self) -> str:
@@ -88,7 +51,9 @@ class AcmeCA:
 
     def start(self, *, running: bool = True) -> AcmeCA:
         """Publish acme.test, write pebble's configuration; run it unless running=False."""
-        self.https_ca_pem, cert, key = _https_certificates(NAME)
+        self._api_ca = TestCA("mailstack test bed ACME API CA")
+        self.https_ca_pem = self._api_ca.pem
+        cert, key = self._api_ca.issue([NAME])
         exec_in(self._host, ["install", "-d", "-m", "0755", CONF_DIR])
         write_file(self._host, f"{CONF_DIR}/cert.pem", cert)
         write_file(self._host, f"{CONF_DIR}/key.pem", key)
@@ -134,8 +99,9 @@ class AcmeCA:
 
     def trust_on(self, host: str) -> None:
         """Make a host trust pebble's API, as hosts trust a real CA's API."""
-        write_file(host, HOST_TRUST_FILE, self.https_ca_pem)
-        exec_in(host, ["update-ca-certificates"])
+        if self._api_ca is None:
+            raise SandboxError("start() the ACME CA first")
+        self._api_ca.trust_on(host, HOST_TRUST_NAME)
 
     def _get(self, url: str) -> bytes:
         ctx = ssl.create_default_context(cadata=self.https_ca_pem)

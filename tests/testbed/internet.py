@@ -14,6 +14,16 @@ Zones given as `dynamic` take RFC 2136 updates signed with the box's TSIG key (`
 DNS provider's primary does: `mailstack dns push` publishes into them, and the box's own
 publish() and withdraw() change them by update too (their zone files are only written once,
 at the start).
+
+DNSSEC: zones given as `signed` are signed by Knot (a policy of its own: one ECDSA P-256
+key per zone, CSK), at every load and update. The rest of the box stays unsigned, and unbound
+still has no root anchor (see ROOT_ANCHOR_CONF): it validates below trust anchors only, one
+per signed zone that no other signed zone encloses, which `trust_anchors()` returns as the
+DS records a mail host's options.resolver.trust_anchors takes. Every zone of the box has a
+delegation (NS ns.test.) in its parent zone, so a child is secure only through a DS record
+in a signed parent, as on the internet: publish its DS (`ds(zone)`; a DS at a zone's apex
+goes into the parent) and it validates; a child without one is provably insecure (answers,
+without AD); a DS that matches none of its keys makes it bogus (SERVFAIL).
 """
 
 from __future__ import annotations
@@ -76,9 +86,13 @@ LISTED = "127.0.0.2"  # the conventional DNSBL answer; 127.0.0.2 itself is alway
 RELOAD_TIMEOUT = 20.0
 # Debian's unbound validates from the root's trust anchor, but the machine's resolver
 # (reached through Docker's DNS) may return no DNSSEC data: priming then fails and every
-# forwarded name, the mirrors' too, is SERVFAIL. The test zones are unsigned, so the box
-# validates nothing; a signed test zone (DANE) gets its own trust anchor.
+# forwarded name, the mirrors' too, is SERVFAIL. So the box has no root anchor: only the
+# signed test zones are validated, each below a trust anchor of its own.
 ROOT_ANCHOR_CONF = "/etc/unbound/unbound.conf.d/root-auto-trust-anchor-file.conf"
+# Knot's signing policy for the signed zones: one key (CSK), so one DS record per zone.
+SIGNING_POLICY = "box"
+SIGNING_ALGORITHM = "ecdsap256sha256"
+DS_DIGEST_TYPE = "2"  # SHA-256, what every validator supports
 
 
 # --------------------------------------------------------------------------- image
@@ -194,6 +208,43 @@ def zone_of(name: str, origins: Iterable[str]) -> str:
     return max(matches, key=len)
 
 
+def parent_zone(origin: str, origins: Iterable[str]) -> str | None:
+    """The served zone a zone is delegated from (None: a top of the box, like test.)."""
+    origin = fqdn(origin)
+    parent = origin.split(".", 1)[1] or "."
+    try:
+        return zone_of(parent, set(origins) - {origin})
+    except ValueError:
+        return None
+
+
+def record_zone(rec: Record, origins: Iterable[str]) -> str:
+    """The zone a record lives in: its name's, except the delegation of a zone (NS and DS at
+    its apex), which is the parent's (the DS: the child's key as the parent vouches for
+    it; the zone's own NS record is in every zone file already)."""
+    origins = set(origins)
+    if rec.type in ("NS", "DS") and rec.name in origins:
+        parent = parent_zone(rec.name, origins)
+        if parent is None:
+            raise ValueError(f"{rec.name} has no parent zone in the box for its {rec.type} record")
+        return parent
+    return zone_of(rec.name, origins)
+
+
+def delegations(origins: Iterable[str]) -> list[Record]:
+    """Each zone's NS record in its parent zone (a signed parent signs the proof that a
+    child has no DS, which makes an unsigned child insecure rather than bogus)."""
+    origins = set(origins)
+    return [Record(o, "NS", NS_NAME) for o in sorted(origins) if parent_zone(o, origins)]
+
+
+def islands(signed: Iterable[str]) -> list[str]:
+    """The signed zones no other signed zone encloses: each needs a trust anchor of its own
+    (the others are chained to them by DS records in their parents)."""
+    signed = set(map(fqdn, signed))
+    return sorted(z for z in signed if not any(z != s and z.endswith("." + s) for s in signed))
+
+
 # The zone-file form of a TXT value: the product's (mailstack dns push writes the same).
 txt_rdata = txt_strings
 
@@ -210,15 +261,26 @@ def zone_file(origin: str, records: Iterable[Record], serial: int) -> str:
 
 
 def knot_conf(origins: Iterable[str], dynamic: Iterable[str] = (),
-              tsig: TsigKey | None = None) -> str:
+              tsig: TsigKey | None = None, signed: Iterable[str] = ()) -> str:
     """Knot: every zone from a file that is the whole truth (no journal, never written back);
     the dynamic zones from a file once, then changed only by updates signed with tsig (kept
-    in the journal, so a reload of the other zones leaves them as they are)."""
+    in the journal, so a reload of the other zones leaves them as they are). The signed
+    zones are signed at each load and update with a key Knot makes at the first (kept in its
+    key database across reloads)."""
     dynamic = set(map(fqdn, dynamic))
+    signed = set(map(fqdn, signed))
     if dynamic and tsig is None:
         raise ValueError("dynamic zones need a TSIG key")
     zones = "".join(f'  - domain: "{o}"\n' + ("    template: dynamic\n" if o in dynamic else "")
+                    + (f"    dnssec-signing: on\n    dnssec-policy: {SIGNING_POLICY}\n"
+                       if o in signed else "")
                     for o in sorted(origins))
+    policy = "" if not signed else f"""\
+policy:
+  - id: {SIGNING_POLICY}
+    algorithm: {SIGNING_ALGORITHM}
+    single-type-signing: on
+"""
     update = "" if not dynamic else f"""\
 key:
   - id: {tsig.name}
@@ -246,7 +308,7 @@ log:
     any: info
 database:
     storage: "/var/lib/knot"
-{update}template:
+{update}{policy}template:
   - id: default
     storage: "/var/lib/knot/zones"
     file: "%s.zone"
@@ -257,16 +319,24 @@ database:
 {zones}"""
 
 
-def unbound_conf(origins: Iterable[str], subnet: str, mirrors: Iterable[str], auth: str) -> str:
-    """unbound: the box's zones from knot at auth (unsigned: domain-insecure), Debian's mirrors
-    forwarded to the machine's resolver, every other name refused so no test ever reaches a
-    real domain."""
+def unbound_conf(origins: Iterable[str], subnet: str, mirrors: Iterable[str], auth: str,
+                 anchors: Iterable[str] = ()) -> str:
+    """unbound: the box's zones from knot at auth, Debian's mirrors forwarded to the
+    machine's resolver, every other name refused so no test ever reaches a real domain.
+    Validated below the trust anchors given (DS records); every zone outside them is
+    unsigned (domain-insecure), the ones inside are proven secure or insecure by their
+    parents."""
     origins = sorted(origins)
+    anchors = sorted(anchors)
+    anchored = [fqdn(a.split()[0]) for a in anchors]
     server = [f"    access-control: {subnet} allow", '    local-zone: "." refuse']
     server += [f'    local-zone: "{fqdn(m)}" transparent' for m in sorted(mirrors)]
     for o in origins:
         # transparent also lifts unbound's built-in empty zones (test., private reverse zones)
-        server += [f'    local-zone: "{o}" transparent', f'    domain-insecure: "{o}"']
+        server.append(f'    local-zone: "{o}" transparent')
+        if not any(o == a or o.endswith("." + a) for a in anchored):
+            server.append(f'    domain-insecure: "{o}"')
+    server += [f'    trust-anchor: "{a}"' for a in anchors]
     stubs = "".join(f'stub-zone:\n    name: "{o}"\n    stub-addr: {auth}@{AUTH_PORT}\n' for o in origins)
     return f"""\
 server:
@@ -341,7 +411,8 @@ class Internet:
     on a given network.
 
     Records are grouped in zones: `test.`, the blocklist zone, the network's reverse zone and
-    any given (`zones`, and `dynamic`: zones that take TSIG-signed updates). Each publish()
+    any given (`zones`; `dynamic`: zones that take TSIG-signed updates; `signed`: zones Knot
+    signs, see the module's docstring). Each publish()
     replaces the RRsets it names and makes them live (a static zone's file is rewritten and
     Knot reloads it; a dynamic zone gets an update), then unbound's cache is flushed, so a
     change is seen at once through the resolver.
@@ -351,6 +422,7 @@ class Internet:
     prefix: str = field(default_factory=lambda: f"{PREFIX}-{secrets.token_hex(3)}")
     zones: tuple[str, ...] = ()
     dynamic: tuple[str, ...] = ()
+    signed: tuple[str, ...] = ()
     tsig: TsigKey = field(default_factory=TsigKey)
     subnet: str = field(default="", init=False)
     origins: set[str] = field(default_factory=set, init=False, repr=False)
@@ -360,6 +432,7 @@ class Internet:
     _rrsets: dict[tuple[str, str], list[Record]] = field(default_factory=dict, init=False, repr=False)
     _listed: set[str] = field(default_factory=set, init=False, repr=False)
     _serial: int = field(default_factory=lambda: int(time.time()), init=False, repr=False)
+    _anchors: list[str] = field(default_factory=list, init=False, repr=False)
 
     # ---- lifecycle
 
@@ -369,8 +442,9 @@ class Internet:
         image = internet_image()
         self.subnet = network_subnet(self.network)
         self.dynamic = tuple(map(fqdn, self.dynamic))
+        self.signed = tuple(map(fqdn, self.signed))
         self.origins = {"test.", BLOCKLIST_ZONE, reverse_zone(self.subnet),
-                        *map(fqdn, self.zones), *self.dynamic}
+                        *map(fqdn, self.zones), *self.dynamic, *self.signed}
         try:
             self.ns = start_host(f"{self.prefix}-ns", image, hostname=NS_NAME.rstrip("."),
                                  network=self.network)
@@ -378,15 +452,19 @@ class Internet:
                                   network=self.network)
             self.sender = Sender(start_host(f"{self.prefix}-sender", image, hostname="mx.outside.test",
                                             network=self.network))
-            write_file(self.ns.name, "/etc/knot/knot.conf", knot_conf(self.origins, self.dynamic, self.tsig))
+            write_file(self.ns.name, "/etc/knot/knot.conf",
+                       knot_conf(self.origins, self.dynamic, self.tsig, self.signed))
             exec_in(self.ns.name, ["install", "-d", "-o", "knot", "-g", "knot", "/var/lib/knot/zones"])
             self._write_zones(self.origins)
             exec_in(self.ns.name, ["systemctl", "enable", "--now", "--quiet", "knot"])
+            # Knot made each signed zone's key when it loaded it (waited for below).
+            self._wait_for_serial(self.origins)
+            self._anchors = [self.ds(zone) for zone in islands(self.signed)]
             write_file(self.dns.name, "/etc/unbound/unbound.conf.d/mailstack-inet.conf",
-                       unbound_conf(self.origins, self.subnet, mirror_hosts(), self.ns.ip))
+                       unbound_conf(self.origins, self.subnet, mirror_hosts(), self.ns.ip,
+                                    self._anchors))
             write_file(self.dns.name, ROOT_ANCHOR_CONF, "# none: see ROOT_ANCHOR_CONF in testbed.internet\n")
             exec_in(self.dns.name, ["systemctl", "enable", "--now", "--quiet", "unbound"])
-            self._wait_for_serial(self.origins)
             use_resolver(self.sender.host.name, self.resolver_ip)
         except BaseException:
             self.stop()
@@ -427,7 +505,7 @@ class Internet:
         dynamic: dict[str, dict[tuple[str, str], list[Record]]] = {}
         for item in records:
             rec = item if isinstance(item, Record) else Record.from_mapping(item)
-            zone = zone_of(rec.name, self.origins)
+            zone = record_zone(rec, self.origins)
             target = dynamic.setdefault(zone, {}) if zone in self.dynamic else fresh
             target.setdefault((rec.name, rec.type), []).append(rec)
         for zone, rrsets in dynamic.items():
@@ -438,8 +516,9 @@ class Internet:
         self._reload(static=bool(fresh))
 
     def withdraw(self, name: str, type: str | None = None) -> None:
-        """Remove a name's RRset of that type (every type when None)."""
-        zone = zone_of(name, self.origins)
+        """Remove a name's RRset of that type (every type when None; a zone's DS: give the
+        type, it lives in the parent)."""
+        zone = record_zone(Record(name, type or "ANY", ""), self.origins)
         if zone in self.dynamic:
             self._update(zone, lambda u: u.delete(fqdn(name), *([type] if type else [])))
             self._reload(static=False)
@@ -458,8 +537,9 @@ class Internet:
         self._reload()
 
     def records(self) -> list[Record]:
-        """Every record of the static zones, the blocklist and the name server's own included."""
-        own = [Record(NS_NAME, "A", self.ns_ip)]
+        """Every record of the static zones, the blocklist, the name server's own and the
+        delegations included."""
+        own = [Record(NS_NAME, "A", self.ns_ip), *delegations(self.origins)]
         return own + [r for rs in self._rrsets.values() for r in rs] + blocklist_records(self._listed)
 
     def flush(self) -> None:
@@ -467,6 +547,24 @@ class Internet:
         for origin in sorted(self.origins):
             exec_in(self._dns(), ["unbound-control", "flush_zone", origin])
         exec_in(self._dns(), ["unbound-control", "flush_negative"])
+        exec_in(self._dns(), ["unbound-control", "flush_bogus"])
+
+    def ds(self, zone: str) -> str:
+        """A signed zone's DS record (SHA-256 of its key), as Knot's keymgr prints it:
+        `zone. DS TAG ALGORITHM 2 DIGEST`."""
+        zone = fqdn(zone)
+        if zone not in self.signed:
+            raise ValueError(f"{zone} is not one of the box's signed zones {list(self.signed)}")
+        out = exec_in(self._ns().name, ["keymgr", zone, "ds"]).stdout.splitlines()
+        found = [line for line in out if line.split()[4:5] == [DS_DIGEST_TYPE]]
+        if len(found) != 1:
+            raise SandboxError(f"keymgr printed no single SHA-256 DS for {zone}: {out}")
+        return found[0]
+
+    def trust_anchors(self) -> list[str]:
+        """The DS records the box's resolver validates below (one per signed zone that no
+        other signed zone encloses): what a host that validates the box's zones trusts."""
+        return list(self._anchors)
 
     def serial(self, zone: str) -> int:
         """The SOA serial Knot serves for a zone."""
@@ -484,12 +582,26 @@ class Internet:
 
     def status(self, name: str, type: str = "A") -> str:
         """The resolver's RCODE for a query (NOERROR, NXDOMAIN, REFUSED, SERVFAIL…)."""
-        proc = exec_in(self._client(), ["dig", "+noall", "+comments", "+tries=1", "+time=5",
-                                        f"@{self.resolver_ip}", name, type])
+        return self.header(name, type)[0]
+
+    def authenticated(self, name: str, type: str = "A") -> bool:
+        """Whether the resolver validated the answer (the AD flag, asked for with DO)."""
+        return "ad" in self.header(name, type)[1]
+
+    def header(self, name: str, type: str = "A") -> tuple[str, set[str]]:
+        """The resolver's RCODE and header flags for a query with the DO bit (as a validating
+        client asks)."""
+        proc = exec_in(self._client(), ["dig", "+noall", "+comments", "+dnssec", "+tries=1",
+                                        "+time=5", f"@{self.resolver_ip}", name, type])
+        status = flags = None
         for line in proc.stdout.splitlines():
             if "status:" in line:
-                return line.split("status:")[1].split(",")[0].strip()
-        raise SandboxError(f"no answer from the resolver for {name} {type}: {proc.stdout.strip()}")
+                status = line.split("status:")[1].split(",")[0].strip()
+            if line.startswith(";; flags:"):
+                flags = set(line.removeprefix(";; flags:").split(";")[0].split())
+        if status is None or flags is None:
+            raise SandboxError(f"no answer from the resolver for {name} {type}: {proc.stdout.strip()}")
+        return status, flags
 
     # ---- internals
 
@@ -513,11 +625,11 @@ class Internet:
 
     def _write_zones(self, origins: Iterable[str]) -> None:
         """Zone files with a new serial: the static zones' records, or (dynamic zones, once at
-        the start) only the SOA and NS records."""
+        the start) only the SOA and NS records and the delegations."""
         self._serial += 1
         by_zone: dict[str, list[Record]] = {o: [] for o in origins}
         for rec in self.records():
-            zone = zone_of(rec.name, self.origins)
+            zone = record_zone(rec, self.origins)
             if zone in by_zone:
                 by_zone[zone].append(rec)
         for origin, recs in by_zone.items():

@@ -25,6 +25,15 @@ options:
 """
 
 
+D64 = "4FFD4E7B4B3398C62B0F5DFDED74BAC1A36612931A332AA23B0B762169CCFBE2"  # a SHA-256 digest
+
+
+def anchors(*records: str) -> str:
+    """options.resolver.trust_anchors with these records (a flow list of YAML strings)."""
+    items = ", ".join('"' + r + '"' for r in records)
+    return f"25M\n  resolver:\n    trust_anchors: [{items}]"
+
+
 def load(tmp_path: Path, text: str) -> ConfigDocument:
     path = tmp_path / "mailstack.yml"
     path.write_text(text)
@@ -144,6 +153,45 @@ def test_all_problems_reported_at_once(tmp_path):
          "options.blocklists.allow[0] (line 14): must be an IP address or network"),
         (("25M", "25M\n  resolver:\n    forward_to: [dns.example.org]"),
          "options.resolver.forward_to[0] (line 14): must be an IP address"),
+        # A trust anchor reaches unbound's config whole: every field checked, nothing else.
+        (("25M", anchors(f"lab.test. DS 11804 13 2 {D64}\\ntrust-anchor: x")),
+         "options.resolver.trust_anchors[0] (line 14): must be one line: it contains a newline"),
+        (("25M", anchors(f"lab.test. DS 11804 13 2 {D64}\\\"")),
+         "options.resolver.trust_anchors[0] (line 14): has a digest that is not 64 hex digits"),
+        (("25M", anchors("lab.test. A 192.0.2.1")),
+         "options.resolver.trust_anchors[0] (line 14): must be a DS or DNSKEY record like "
+         "'example.org. DS 12345 13 2 <64 hex digits>' (type 'A')"),
+        (("25M", anchors(f"lab_test. DS 11804 13 2 {D64}")),
+         "options.resolver.trust_anchors[0] (line 14): must start with the zone's name, like "
+         "example.org.; 'lab_test.' has an invalid label 'lab_test'"),
+        (("25M", anchors(f". DS 20326 8 2 {D64}")),
+         "options.resolver.trust_anchors[0] (line 14): names the root: its anchor comes with "
+         "options.resolver.dnssec: true"),
+        (("25M", anchors(f"lab.test. DS 70000 13 2 {D64}")),
+         "options.resolver.trust_anchors[0] (line 14): has key tag '70000': must be a number "
+         "from 0 to 65535"),
+        (("25M", anchors(f"lab.test. DS 11804 3 2 {D64}")),
+         "options.resolver.trust_anchors[0] (line 14): has algorithm '3': must be one "
+         "validators implement"),
+        (("25M", anchors(f"lab.test. DS 11804 13 3 {D64}")),
+         "options.resolver.trust_anchors[0] (line 14): has digest type '3': must be 1 (SHA-1), "
+         "2 (SHA-256) or 4 (SHA-384)"),
+        (("25M", anchors(f"lab.test. DS 11804 13 1 {D64}")),
+         "options.resolver.trust_anchors[0] (line 14): has a digest that is not 40 hex digits "
+         "(digest type 1)"),
+        (("25M", anchors("lab.test. DS 11804 13 2")),
+         "options.resolver.trust_anchors[0] (line 14): has a DS record without its four fields"),
+        (("25M", anchors("lab.test. DNSKEY 257 3 13 not*base64")),
+         "options.resolver.trust_anchors[0] (line 14): has a public key that is not base64"),
+        (("25M", anchors("lab.test. DNSKEY 1 3 13 QUJD")),
+         "options.resolver.trust_anchors[0] (line 14): has flags 1: not a zone key"),
+        (("25M", anchors("lab.test. DNSKEY 257 2 13 QUJD")),
+         "options.resolver.trust_anchors[0] (line 14): has protocol '2': must be 3"),
+        (("25M", "25M\n  resolver:\n    trust_anchors: [12345]"),
+         "options.resolver.trust_anchors[0] (line 14): must be a DS or DNSKEY record"),
+        (("25M", anchors(f"lab.test. DS 1 13 2 {D64}", f"LAB.test DS 1 13 2 {D64.lower()}")),
+         f"options.resolver.trust_anchors[1] (line 14): 'lab.test. DS 1 13 2 {D64}' is listed "
+         "twice; remove one"),
         (("25M", "25M\n  outbound:\n    concurrency: 0"),
          "options.outbound.concurrency (line 14): Input should be greater than or equal to 1"),
         (("25M", "25M\n  outbound:\n    concurrency: 101"),
@@ -214,6 +262,22 @@ def test_spam_and_resolver_take_their_defaults(tmp_path):
     assert (resolver.forward_to, resolver.dnssec) == ([], True)
     cfg = load(tmp_path, VALID.replace("25M", "25M\n  resolver:\n    forward_to: [2001:DB8::35]")).model
     assert cfg.options.resolver.forward_to == ["2001:db8::35"]
+
+
+def test_trust_anchors_are_rebuilt_from_their_fields(tmp_path):
+    """As dig and keymgr print them (TTL, class, tabs, a digest in two parts, any case), as
+    unbound's trust-anchor takes them: one form, only the checked fields."""
+    digest = D64.lower()
+    records = [f"Lab.Test.\\t60\\tIN\\tDS\\t11804 13 2 {digest[:32]} {digest[32:]}",
+               "lab.test DNSKEY 257 3 13 QUJD REVG",
+               f"other.test IN 3600 DS 1 8 4 {'ab' * 48}"]
+    text = VALID.replace("25M", "25M\n  resolver:\n    dnssec: false\n    trust_anchors:\n"
+                         + "".join(f'      - "{r}"\n' for r in records))
+    assert load(tmp_path, text).model.options.resolver.trust_anchors == [
+        f"lab.test. DS 11804 13 2 {digest.upper()}",
+        "lab.test. DNSKEY 257 3 13 QUJDREVG",
+        f"other.test. DS 1 8 4 {'AB' * 48}"]
+    assert load(tmp_path, VALID).model.options.resolver.trust_anchors == []
 
 
 def test_bans_take_their_defaults_and_normalise_networks(tmp_path):

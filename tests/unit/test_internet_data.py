@@ -7,7 +7,10 @@ from testbed.internet import (
     Record,
     TsigKey,
     blocklist_records,
+    delegations,
+    islands,
     knot_conf,
+    record_zone,
     reverse_zone,
     site_records,
     txt_rdata,
@@ -79,3 +82,44 @@ def test_knot_takes_signed_updates_for_dynamic_zones_only():
     assert "key:" not in static and "acl" not in static
     with pytest.raises(ValueError, match="TSIG"):
         knot_conf({"site.test."}, ["site.test."])
+
+
+def test_knot_signs_the_signed_zones_only_with_one_key_each():
+    conf = knot_conf({"test.", "dane.test.", "site.test."}, ["site.test."],
+                     TsigKey(secret="c2VjcmV0"), signed=["dane.test", "site.test."])
+    assert "policy:\n  - id: box\n    algorithm: ecdsap256sha256\n    single-type-signing: on\n" in conf
+    assert '- domain: "dane.test."\n    dnssec-signing: on\n    dnssec-policy: box\n' in conf
+    # A dynamic zone is signed too (Knot signs each update).
+    assert ('- domain: "site.test."\n    template: dynamic\n    dnssec-signing: on\n'
+            in conf)
+    assert conf.endswith('  - domain: "test."\n')  # unsigned
+    assert "policy:" not in knot_conf({"test."})
+
+
+def test_every_zone_is_delegated_from_its_parent_and_a_ds_lives_there():
+    origins = {"test.", "dane.test.", "plain.dane.test.", "bl.test.", "18.172.in-addr.arpa."}
+    assert {(r.name, r.type, r.value) for r in delegations(origins)} == {
+        ("dane.test.", "NS", "ns.test."), ("plain.dane.test.", "NS", "ns.test."),
+        ("bl.test.", "NS", "ns.test.")}
+    assert record_zone(Record("plain.dane.test", "DS", "1 13 2 AB"), origins) == "dane.test."
+    assert record_zone(Record("plain.dane.test", "NS", "ns.test."), origins) == "dane.test."
+    assert record_zone(Record("plain.dane.test", "A", "192.0.2.1"), origins) == "plain.dane.test."
+    assert record_zone(Record("x.plain.dane.test", "DS", "1 13 2 AB"), origins) == "plain.dane.test."
+    with pytest.raises(ValueError, match="no parent zone"):
+        record_zone(Record("test.", "DS", "1 13 2 AB"), origins)
+
+
+def test_only_signed_zones_no_other_encloses_get_a_trust_anchor():
+    assert islands(["dane.test", "sub.dane.test.", "other.test.", "notdane.test."]) == [
+        "dane.test.", "notdane.test.", "other.test."]
+
+
+def test_the_resolver_validates_below_its_anchors_and_nothing_else():
+    anchor = "dane.test. DS 11804 13 2 4FFD"
+    conf = unbound_conf({"test.", "dane.test.", "plain.dane.test.", "site.test."},
+                        "172.18.0.0/16", [], "172.18.0.3", [anchor])
+    assert f'trust-anchor: "{anchor}"' in conf
+    # Outside the anchor: unsigned. Inside: proven by the parent (a child without DS is
+    # insecure, not bogus), never declared insecure.
+    insecure = {line.split('"')[1] for line in conf.splitlines() if "domain-insecure" in line}
+    assert insecure == {"test.", "site.test."}

@@ -6,6 +6,7 @@ Regenerate after an intended template change with: UPDATE_GOLDEN=1 pytest tests/
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from pathlib import Path
@@ -22,7 +23,7 @@ from mailstack.render.renderer import (
     render_host,
     write_tree,
 )
-from mailstack.site.config import Bans, Blocklists, DnsList, Limits, Outbound, SiteConfig
+from mailstack.site.config import Bans, Blocklists, DnsList, Limits, Outbound, Resolver, SiteConfig
 from mailstack.site.inventory import InventoryHost
 from mailstack.site.secrets import Secrets
 
@@ -84,6 +85,8 @@ def test_every_file_starts_with_the_managed_header():
     for f in render_host(CONFIG, fake_secrets(), HOST):
         if f.path.suffix in (".private", ".pem") or f.path.name == "mta-sts.txt":
             continue  # keys and a policy: their formats have no comments
+        if str(f.path) == ROOT_ANCHOR_FILE:
+            continue  # Debian's own file, byte for byte (test_the_root_anchor_…)
         assert "Managed by mailstack" in "\n".join(f.content.splitlines()[:3]), f.path
 
 
@@ -309,3 +312,55 @@ def test_clamd_takes_every_message_postfix_accepts():
     assert clamd["LocalSocket"] in files["etc/rspamd/local.d/antivirus.conf"]
     assert f"ListenStream={clamd['LocalSocket']}" in files[
         "etc/systemd/system/clamav-daemon.socket.d/mailstack.conf"]
+
+
+RESOLVER_GOLDEN = GOLDEN / "trust-anchors"
+MAILSTACK_CONF = "etc/unbound/unbound.conf.d/mailstack.conf"
+ROOT_ANCHOR_FILE = "etc/unbound/unbound.conf.d/root-auto-trust-anchor-file.conf"
+# Debian 12's unbound ships ROOT_ANCHOR_FILE as a conffile with this MD5 sum
+# (`dpkg-query -W -f='${Conffiles}' unbound`; tests/config checks it on a real host).
+DEBIAN_ROOT_ANCHOR_MD5 = "a6c8d76007c5c6311d52e39735727676"
+ANCHORS = ["lab.test. DS 11804 13 2 " + "AB" * 32, "lab.test. DNSKEY 257 3 13 QUJDREVG"]
+
+
+def with_resolver(**resolver) -> SiteConfig:
+    options = CONFIG.options.model_copy(update={"resolver": Resolver(**resolver)})
+    return CONFIG.model_copy(update={"options": options})
+
+
+def unbound_files(cfg: SiteConfig) -> dict[str, str]:
+    files = {str(f.path): f.content for f in render_host(cfg, fake_secrets(), HOST)}
+    return {path: files[path] for path in (MAILSTACK_CONF, ROOT_ANCHOR_FILE)}
+
+
+def test_trust_anchors_without_the_root_match_their_golden_files():
+    files = unbound_files(with_resolver(forward_to=["192.0.2.53"], dnssec=False,
+                                        trust_anchors=ANCHORS))
+    if os.environ.get("UPDATE_GOLDEN"):
+        for path, content in files.items():
+            (RESOLVER_GOLDEN / path).parent.mkdir(parents=True, exist_ok=True)
+            (RESOLVER_GOLDEN / path).write_text(content)
+    assert {str(p.relative_to(RESOLVER_GOLDEN)) for p in RESOLVER_GOLDEN.rglob("*")
+            if p.is_file()} == set(files)
+    for path, content in files.items():
+        assert (RESOLVER_GOLDEN / path).read_text() == content, f"{path} differs from golden"
+
+
+def test_the_root_anchor_is_debians_own_file_exactly_when_dnssec_is_on():
+    """dnssec: true leaves Debian's conffile as shipped (dpkg sees no change, upgrades never
+    ask); false replaces it with a comment, so no root key is used."""
+    for anchors in ([], ANCHORS):
+        on = unbound_files(with_resolver(trust_anchors=anchors))
+        assert hashlib.md5(on[ROOT_ANCHOR_FILE].encode()).hexdigest() == DEBIAN_ROOT_ANCHOR_MD5
+        off = unbound_files(with_resolver(dnssec=False, trust_anchors=anchors))
+        assert not [line for line in off[ROOT_ANCHOR_FILE].splitlines()
+                    if line.strip() and not line.startswith("#")]
+
+
+@pytest.mark.parametrize(("dnssec", "anchors", "validates"), [
+    (True, [], True), (True, ANCHORS, True), (False, ANCHORS, True), (False, [], False)])
+def test_unbound_validates_unless_it_has_neither_the_root_nor_an_anchor(dnssec, anchors, validates):
+    conf = unbound_files(with_resolver(dnssec=dnssec, trust_anchors=anchors))[MAILSTACK_CONF]
+    assert ('module-config: "iterator"' not in conf) is validates
+    assert [line.strip() for line in conf.splitlines() if "trust-anchor:" in line] == [
+        f'trust-anchor: "{a}"' for a in anchors]
