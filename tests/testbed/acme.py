@@ -23,15 +23,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from testbed import SandboxError, exec_in
-from testbed.internet import Internet, Record, write_file
+from testbed.internet import Internet, Record, trust_ca, write_file
 
 NAME = "acme.test"
 API_PORT = 14000
 MANAGEMENT_PORT = 15000
 UNIT = "pebble"
 CONF_DIR = "/etc/pebble"
-# Trusted by a host with update-ca-certificates (a .crt below this directory).
-HOST_TRUST_FILE = "/usr/local/share/ca-certificates/mailstack-testbed-acme.crt"
 START_TIMEOUT = 20.0
 
 
@@ -39,11 +37,12 @@ def _pem(cert: x509.Certificate) -> str:
     return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
-def _https_certificates(name: str) -> tuple[str, str, str]:
-    """(CA certificate, server certificate, server key) in PEM for pebble's HTTPS API."""
+def server_certificate(name: str, issuer: str) -> tuple[str, str, str]:
+    """(CA certificate, server certificate, server key) in PEM: a CA of its own (common name
+    `issuer`) for one server name, e.g. pebble's HTTPS API."""
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mailstack test bed ACME API CA")])
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)])
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
           .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
           .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=30))
@@ -88,7 +87,7 @@ class AcmeCA:
 
     def start(self, *, running: bool = True) -> AcmeCA:
         """Publish acme.test, write pebble's configuration; run it unless running=False."""
-        self.https_ca_pem, cert, key = _https_certificates(NAME)
+        self.https_ca_pem, cert, key = server_certificate(NAME, "mailstack test bed ACME API CA")
         exec_in(self._host, ["install", "-d", "-m", "0755", CONF_DIR])
         write_file(self._host, f"{CONF_DIR}/cert.pem", cert)
         write_file(self._host, f"{CONF_DIR}/key.pem", key)
@@ -134,8 +133,13 @@ class AcmeCA:
 
     def trust_on(self, host: str) -> None:
         """Make a host trust pebble's API, as hosts trust a real CA's API."""
-        write_file(host, HOST_TRUST_FILE, self.https_ca_pem)
-        exec_in(host, ["update-ca-certificates"])
+        trust_ca(host, "acme", self.https_ca_pem)
+
+    def trust_issued_on(self, host: str) -> None:
+        """Make a host trust the certificates pebble issues, as hosts trust Let's Encrypt's
+        root: a mail host then verifies another's (MTA-STS policies, SMTP). Before its
+        daemons start: they read the store once."""
+        trust_ca(host, "acme-issued", self.issuing_root())
 
     def _get(self, url: str) -> bytes:
         ctx = ssl.create_default_context(cadata=self.https_ca_pem)
