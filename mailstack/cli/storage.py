@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from mailstack.cli.common import opts
 from mailstack.errors import MailstackError
+
+if TYPE_CHECKING:
+    from mailstack.site.config import Relay
 
 
 def unlock(
@@ -67,7 +70,8 @@ def _still(data: dict) -> str:
 
 
 def status(ctx: typer.Context) -> None:
-    """Per host: store locked/unlocked, services, queue size, mail sealed while locked."""
+    """Per host: store locked/unlocked, services, queue size (and why mail waits), mail sealed
+    while locked."""
     from mailstack.deploy.storage import status as run_status
 
     site = opts(ctx).site()
@@ -80,8 +84,30 @@ def status(ctx: typer.Context) -> None:
         sealed = f"sealed {r.data['sealed']}; " if "sealed" in r.data else ""
         typer.echo(f"{r.host}: storage {store['encryption']} {lock}; queue {r.data['queue']}; "
                    f"{sealed}{services}")
+        for line in queue_lines(r.data, site.config.options.relay):
+            typer.echo(f"  {line}")
         for line in checks_lines(r.data, filters):
             typer.echo(f"  {line}")
+
+
+def queue_lines(data: dict, relay: Relay | None = None) -> list[str]:
+    """Why deferred mail waits, one line per reason Postfix gave (the host tool's `deferred`):
+    a relay host that refuses the login, or takes no mail, is named with what to do."""
+    lines = []
+    relay_name = relay.host.split("]")[0].strip("[").rsplit(":", 1)[0] if relay else None
+    for item in data.get("deferred") or []:
+        reason, n = item["reason"], item["messages"]
+        waits = f"{n} message{'s wait' if n != 1 else ' waits'}"
+        if relay is None or f"{relay_name}[" not in reason:
+            lines.append(f"deferred: {waits}: {reason}")
+        elif "SASL authentication failed" in reason:
+            said = reason.split(" said: ", 1)[1] if " said: " in reason else reason
+            lines.append(f"relay: {relay.host} refuses the login ({said}); {waits}: run "
+                         f"`mailstack relay set {relay.host} {relay.username}` with the right "
+                         "password, then `mailstack deploy`")
+        else:
+            lines.append(f"relay: {relay.host} does not take the mail ({reason}); {waits}")
+    return lines
 
 
 def checks_lines(data: dict, filters: dict[str, str | None] | None = None) -> list[str]:

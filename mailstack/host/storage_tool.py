@@ -12,8 +12,9 @@ storage role). Run by `mailstack unlock` / `mailstack status` over SSH, and by t
                                      the Postfix queue, report what was delivered
   mailstack-storage lock             stop Dovecot, unmount, let the sealer take Dovecot's
                                      LMTP socket and seal what waits in Postfix's queue
-  mailstack-storage status           JSON: store, services, queue size, the ban jails, whether
-                                     the spam filter, the resolver and the DNS lists answer
+  mailstack-storage status           JSON: store, services, queue size and why deferred mail
+                                     waits, the ban jails, whether the spam filter, the
+                                     resolver and the DNS lists answer
   mailstack-storage unban            lift fail2ban's bans of one address (on stdin), or of
                                      every address ("all")
   mailstack-storage verify-login     set the verify mailbox's password hash (on stdin) for one
@@ -232,9 +233,34 @@ def wrong_passphrase(encryption, returncode, output):
     return "password incorrect" in output.lower() or "invalid password" in output.lower()
 
 
-def queue_size():
+def queue_entries():
+    """Postfix's queue, one dict per message (postqueue -j)."""
     proc = run(["postqueue", "-j"])
-    return len([line for line in proc.stdout.splitlines() if line.strip()])
+    entries = []
+    for line in proc.stdout.splitlines():
+        try:
+            entries.append(json.loads(line))
+        except ValueError:
+            continue
+    return entries
+
+
+def queue_size():
+    return len(queue_entries())
+
+
+def deferred_reasons(entries, most=5):
+    """Why deferred mail waits: each reason Postfix gave with the number of messages it
+    holds back, most first (the controller names a relay that refuses its login)."""
+    held = {}
+    for entry in entries:
+        if entry.get("queue_name") != "deferred":
+            continue
+        for reason in {r.get("delay_reason") or "no reason given"
+                       for r in entry.get("recipients") or []}:
+            held[reason] = held.get(reason, 0) + 1
+    ranked = sorted(held.items(), key=lambda item: (-item[1], item[0]))[:most]
+    return [{"reason": reason[:400], "messages": n} for reason, n in ranked]
 
 
 def cmd_unlock(c):
@@ -371,8 +397,9 @@ def cmd_status(c):
         checks["blocklists"] = blocklist_answers(c["blocklists"])
     if c["encryption"] != "none":
         checks["sealed"] = sealed_count(c)
+    entries = queue_entries()
     print(json.dumps({"ok": True, "storage": state(c), "services": services,
-                      "queue": queue_size(), **checks}))
+                      "queue": len(entries), "deferred": deferred_reasons(entries), **checks}))
 
 
 def sealed_count(c):

@@ -47,6 +47,9 @@ MAX_QUOTA = 2**63 - 1
 MESSAGE_SIZE_RANGE = (64 * 1024, 1024**3)
 # A pause of an hour between two messages to one destination is already 24 a day.
 MAX_RATE_DELAY = 3600
+# Postfix's queue manager stops at start (and with it all delivery) on a queue lifetime
+# longer than 100 days; a delay warning later than that would never be sent.
+MAX_QUEUE_TIME = 100 * 86400
 # Postfix's smtp service may run default_process_limit (100) processes: more deliveries at
 # once to one destination than that never happen.
 MAX_DESTINATION_CONCURRENCY = 100
@@ -85,6 +88,15 @@ def _rate_delay(value: Any) -> str:
     if not _DURATION.fullmatch(text) or duration_seconds(text) > MAX_RATE_DELAY:
         raise ValueError("must be a whole number of seconds or minutes up to 1h, like 1s, "
                          "12s or 2m (0s: no delay)")
+    return text
+
+
+def _queue_time(value: Any) -> str:
+    """A duration for options.queue, within what Postfix's queue manager accepts."""
+    text = _duration(value)
+    if duration_seconds(text) > MAX_QUEUE_TIME:
+        raise ValueError("must be at most 100d (Postfix's queue manager refuses longer and "
+                         "then delivers nothing)")
     return text
 
 
@@ -194,10 +206,17 @@ class Relay(_Strict):
     spf_include: Domain | None = None
 
 
+QueueTime = Annotated[str, BeforeValidator(_queue_time)]
+
+
 class Queue(_Strict):
-    delay_warning_time: Duration = "4h"
-    maximal_queue_lifetime: Duration = "5d"
-    bounce_queue_lifetime: Duration = "5d"
+    """How long Postfix retries mail it could not deliver yet: the sender is warned after
+    delay_warning_time (0s: never), the mail bounced after maximal_queue_lifetime (its
+    bounces, after bounce_queue_lifetime). Seconds to 100 days."""
+
+    delay_warning_time: QueueTime = "4h"
+    maximal_queue_lifetime: QueueTime = "5d"
+    bounce_queue_lifetime: QueueTime = "5d"
 
 
 class Storage(_Strict):

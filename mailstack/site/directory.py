@@ -213,7 +213,8 @@ options:
   relay: null
 
   # How long Postfix retries a message it cannot deliver yet: warn the sender after
-  # delay_warning_time, give up (bounce) after maximal_queue_lifetime.
+  # delay_warning_time (0s: never), give up (bounce) after maximal_queue_lifetime; both
+  # notices are DKIM-signed. s, m, h, d or w, up to 100d.
   queue:
     delay_warning_time: 4h
     maximal_queue_lifetime: 5d

@@ -19,7 +19,13 @@ def set_relay(site: Site, host: str, username: str, password: str) -> None:
         raise MailstackError(f"the relay password {problem}; it must fit on one line of "
                              "sasl_passwd")
     options = site.doc.data.setdefault("options", CommentedMap())
-    option_to_map(options, "relay", CommentedMap(host=host, username=username))
+    current = options.get("relay")
+    if isinstance(current, CommentedMap):
+        # A new password or login (what `mailstack status` sends the user here for) keeps
+        # the rest of the relay's settings, spf_include among them.
+        current["host"], current["username"] = host, username
+    else:
+        option_to_map(options, "relay", CommentedMap(host=host, username=username))
     site.secrets.site["relay_password"] = password
     site.commit()
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,29 @@ def imap_subjects(ip: str, user: str) -> list[str]:
         return subjects
     finally:
         imap.logout()
+
+
+def fetch(ip: str, user: str, subject: str, folder: str = "INBOX", timeout: float = 30) -> list[bytes]:
+    """Every message with this subject in the folder (waits for at least one)."""
+    return fetch_matching(ip, user, ("SUBJECT", f'"{subject}"'), folder, timeout)
+
+
+def fetch_matching(ip: str, user: str, criteria: Sequence[str], folder: str = "INBOX",
+                   timeout: float = 30) -> list[bytes]:
+    """Every message an IMAP SEARCH with these criteria finds in the folder, whole (waits for
+    at least one)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        imap = imap_login(ip, user)
+        try:
+            imap.select(folder)
+            _, data = imap.search(None, *criteria)
+            found = [imap.fetch(n, "(BODY.PEEK[])")[1][0][1] for n in data[0].split()]
+        finally:
+            imap.logout()
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
 
 
 def message(subject: str, rcpt: str, sender: str = "<>") -> str:
@@ -119,41 +143,86 @@ class BoxedHost:
     deployed: subprocess.CompletedProcess[str] | None = None
 
 
+@dataclass(frozen=True)
+class SiteSpec:
+    """One mail host of a box: its site directory (made by `mailstack init` for mail.DOMAIN),
+    the users added, the edits to mailstack.yml, extra capabilities of its container."""
+
+    site: Path
+    domain: str
+    users: Sequence[str] = ()
+    edits: Sequence[tuple[str, str]] = ()
+    cap_add: tuple[str, ...] = ()
+
+    @property
+    def hostname(self) -> str:
+        return f"mail.{self.domain}"
+
+
+@contextmanager
+def hosts_in_a_box(what: str, specs: Sequence[SiteSpec], *,
+                   before_deploy: Callable[[list[BoxedHost]], None] = lambda beds: None,
+                   signed: tuple[str, ...] = (),
+                   ) -> Iterator[list[BoxedHost]]:
+    """Stack-image hosts, one per spec, and the box, on a network of their own; each site is
+    made with `mailstack init`, gets a self-signed certificate, is changed by its edits,
+    resolves through the box and has its users. before_deploy sees them all (to publish
+    their records, say), then they are deployed, at once. Everything is removed afterwards,
+    also on failure. signed: the box's DNSSEC-signed zones."""
+    tag = secrets.token_hex(3)
+    network = f"mailstack-e2e-{what}-{tag}"
+    # One host keeps the network's name; several are told apart by their domain.
+    names = [network] if len(specs) == 1 else [f"{network}-{s.domain.split('.')[0]}" for s in specs]
+    key = sandbox.ensure_keypair(sandbox.default_state_dir())
+    testbed.ensure_network(network)
+    try:
+        hosts = [testbed.start_host(name, testbed.stack_image(), hostname=spec.hostname,
+                                    network=network, cap_add=spec.cap_add,
+                                    ssh_pubkey=key.with_suffix(".pub").read_text())
+                 for name, spec in zip(names, specs, strict=True)]
+        with testbed.Internet(network, prefix=f"mailstack-inet-{what}-{tag}",
+                              signed=signed) as internet:
+            beds = [_new_site(spec, host, internet, key) for spec, host in zip(specs, hosts, strict=True)]
+            before_deploy(beds)
+            # Each deploy is a subprocess of its own (its site, its SSH connections): together
+            # they take the time of the slowest.
+            with ThreadPoolExecutor(len(beds)) as pool:
+                for bed, done in zip(beds, pool.map(lambda b: mailstack(b.site, "deploy"), beds),
+                                     strict=True):
+                    bed.deployed = done
+            for bed in beds:
+                assert bed.deployed.returncode == 0, bed.deployed.stdout + bed.deployed.stderr
+            yield beds
+    finally:
+        for name in names:
+            testbed.remove_host(name)
+        testbed.remove_network(network)
+
+
+def _new_site(spec: SiteSpec, host: testbed.Host, internet: testbed.Internet, key: Path) -> BoxedHost:
+    """`mailstack init` for the host, as a test-bed site (self-signed, resolving through the
+    box), then the spec's edits and users."""
+    init = mailstack(None, "init", str(spec.site), "--domain", spec.domain, "--hostname",
+                     spec.hostname, "--host", host.ip, "--ssh-key", str(key))
+    assert init.returncode == 0, init.stderr
+    testbed.self_signed_site(spec.site)
+    edit_config(spec.site, *spec.edits)
+    testbed.set_site_resolver(spec.site, internet.resolver_ip, dnssec=False)
+    for user in spec.users:
+        assert mailstack(spec.site, "user", "add", user, "--password-stdin",
+                         input=PASSWORD + "\n").returncode == 0
+    return BoxedHost(host.name, host.ip, internet, spec.site)
+
+
 @contextmanager
 def host_in_a_box(what: str, site: Path, domain: str, users: Sequence[str], *,
                   edits: Sequence[tuple[str, str]] = (), cap_add: tuple[str, ...] = (),
                   before_deploy: Callable[[BoxedHost], None] = lambda bed: None,
                   signed: tuple[str, ...] = (),
                   ) -> Iterator[BoxedHost]:
-    """A stack-image host (mail.DOMAIN) and the box on their own network; the site is made
-    with `mailstack init`, gets a self-signed certificate, is changed by `edits`, resolves
-    through the box, has the users and is deployed. signed: the box's DNSSEC-signed zones
-    (before_deploy may give their trust anchors to the site). Everything is removed
-    afterwards, also on failure."""
-    tag = secrets.token_hex(3)
-    network = name = f"mailstack-e2e-{what}-{tag}"
-    key = sandbox.ensure_keypair(sandbox.default_state_dir())
-    testbed.ensure_network(network)
-    try:
-        host = testbed.start_host(name, testbed.stack_image(), hostname=f"mail.{domain}",
-                                  network=network, cap_add=cap_add,
-                                  ssh_pubkey=key.with_suffix(".pub").read_text())
-        with testbed.Internet(network, prefix=f"mailstack-inet-{what}-{tag}",
-                              signed=signed) as internet:
-            init = mailstack(None, "init", str(site), "--domain", domain, "--hostname",
-                             f"mail.{domain}", "--host", host.ip, "--ssh-key", str(key))
-            assert init.returncode == 0, init.stderr
-            testbed.self_signed_site(site)
-            edit_config(site, *edits)
-            testbed.set_site_resolver(site, internet.resolver_ip, dnssec=False)
-            for user in users:
-                assert mailstack(site, "user", "add", user, "--password-stdin",
-                                 input=PASSWORD + "\n").returncode == 0
-            bed = BoxedHost(name, host.ip, internet, site)
-            before_deploy(bed)
-            bed.deployed = mailstack(site, "deploy")
-            assert bed.deployed.returncode == 0, bed.deployed.stdout + bed.deployed.stderr
-            yield bed
-    finally:
-        testbed.remove_host(name)
-        testbed.remove_network(network)
+    """One host in a box (hosts_in_a_box): mail.DOMAIN with the site made at `site`.
+    signed: the box's DNSSEC-signed zones (before_deploy may give their trust anchors to the
+    site)."""
+    with hosts_in_a_box(what, [SiteSpec(site, domain, users, edits, cap_add)], signed=signed,
+                        before_deploy=lambda beds: before_deploy(beds[0])) as (bed,):
+        yield bed

@@ -36,6 +36,7 @@ from .helpers import (
     PASSWORD,
     BoxedHost,
     edit_config,
+    fetch,
     host_in_a_box,
     imap_login,
     mailstack,
@@ -125,22 +126,6 @@ def bed(tmp_path_factory):
     with host_in_a_box("spam", tmp_path_factory.mktemp("spam") / "site", DOMAIN, [ALICE, BOB, CAROL],
                        edits=edits, before_deploy=outside_domains(key_pem)) as host:
         yield Bed(**vars(host), key_pem=key_pem)
-
-
-def fetch(ip: str, user: str, subject: str, folder: str = "INBOX", timeout: float = 30) -> list[bytes]:
-    """Every message with this subject in the folder (waits for at least one)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        imap = imap_login(ip, user)
-        try:
-            imap.select(folder)
-            _, data = imap.search(None, "SUBJECT", f'"{subject}"')
-            found = [imap.fetch(n, "(BODY.PEEK[])")[1][0][1] for n in data[0].split()]
-        finally:
-            imap.logout()
-        if found or time.monotonic() > deadline:
-            return found
-        time.sleep(0.5)
 
 
 def submit(user: str, ip: str, subject: str, body: str = "hello") -> tuple[int, str]:

@@ -17,7 +17,7 @@ import urllib.request
 from dataclasses import dataclass, field
 
 from testbed import SandboxError, exec_in
-from testbed.ca import TestCA
+from testbed.ca import TestCA, trust_ca
 from testbed.internet import Internet, Record, write_file
 
 NAME = "acme.test"
@@ -102,6 +102,12 @@ class AcmeCA:
         if self._api_ca is None:
             raise SandboxError("start() the ACME CA first")
         self._api_ca.trust_on(host, HOST_TRUST_NAME)
+
+    def trust_issued_on(self, host: str) -> None:
+        """Make a host trust the certificates pebble issues, as hosts trust Let's Encrypt's
+        root: a mail host then verifies another's (MTA-STS policies, SMTP). Before its
+        daemons start: they read the store once."""
+        trust_ca(host, "mailstack-testbed-acme-issued", self.issuing_root())
 
     def _get(self, url: str) -> bytes:
         ctx = ssl.create_default_context(cadata=self.https_ca_pem)

@@ -74,7 +74,12 @@ class TestCA:
         return pem(cert), key_pem(key)
 
     def trust_on(self, host: str, file_name: str) -> None:
-        """Make a host trust this CA (its system store: OpenSSL's default paths and
-        /etc/ssl/certs/ca-certificates.crt)."""
-        exec_in(host, ["sh", "-c", f"cat > {LOCAL_CA_DIR}/{file_name}.crt"], input=self.pem)
-        exec_in(host, ["update-ca-certificates"])
+        """Make a host trust this CA."""
+        trust_ca(host, file_name, self.pem)
+
+
+def trust_ca(host: str, file_name: str, pem_text: str) -> None:
+    """Put a CA into a host's system store (OpenSSL's default paths and
+    /etc/ssl/certs/ca-certificates.crt), as a real CA is there."""
+    exec_in(host, ["sh", "-c", f"cat > {LOCAL_CA_DIR}/{file_name}.crt"], input=pem_text)
+    exec_in(host, ["update-ca-certificates"])

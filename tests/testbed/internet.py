@@ -63,14 +63,15 @@ INTERNET_REPO = "mailstack-inet"
 INTERNET_RECIPE_VERSION = "mailstack-inet-1"
 # knot: authoritative (simple config, zone files, signs zones itself when DANE needs it);
 # unbound: the resolver; swaks and postfix: the outside sender; dig for the tests; pebble:
-# the ACME CA (Let's Encrypt's test server).
+# the ACME CA (Let's Encrypt's test server); sasl2-bin: the relay host's logins
+# (saslpasswd2 writes the sasldb Postfix's Cyrus SASL reads; tests/testbed/relay.py).
 INTERNET_PACKAGES: tuple[str, ...] = ("knot", "unbound", "bind9-dnsutils", "swaks", "postfix",
-                                      "pebble")
+                                      "pebble", "sasl2-bin")
 INTERNET_DEBCONF = "postfix postfix/main_mailer_type select No configuration\n"
 # Every role's container enables only the services it plays; unbound-resolvconf would
 # rewrite the container's own resolv.conf.
 INTERNET_SETUP: tuple[str, ...] = (
-    "systemctl disable --quiet knot unbound unbound-resolvconf postfix",
+    "systemctl disable --quiet knot unbound unbound-resolvconf postfix saslauthd",
 )
 
 PREFIX = "mailstack-inet"

@@ -195,6 +195,23 @@ def test_relay_password_goes_to_the_vault(cli):
     assert secrets_of(cli.site).site["relay_password"] is None
 
 
+def test_relay_set_again_keeps_the_relays_other_settings(cli):
+    """A new password (what `mailstack status` asks for when the relay refuses the login)
+    changes the login, not the SPF include the DNS records were published with."""
+    assert cli("relay", "set", "[smtp.relay.test]:587", "first", "--password-stdin",
+               input="old-secret\n").exit_code == 0
+    config = cli.site / "mailstack.yml"
+    config.write_text(config.read_text().replace(
+        "    username: first\n", "    username: first\n    spf_include: spf.relay.test  # theirs\n"))
+    result = cli("relay", "set", "[smtp.relay.test]:2587", "second", "--password-stdin",
+                 input="new-secret\n")
+    assert result.exit_code == 0, result.output
+    text = config.read_text()
+    assert "host: '[smtp.relay.test]:2587'" in text and "username: second\n" in text
+    assert "spf_include: spf.relay.test  # theirs\n" in text
+    assert secrets_of(cli.site).site["relay_password"] == "new-secret"
+
+
 def test_edits_keep_the_users_comments(cli):
     before = (cli.site / "mailstack.yml").read_text()
     comments = [line for line in before.splitlines() if line.lstrip().startswith("#")]

@@ -57,6 +57,15 @@ def test_valid_config_loads_with_derived_values(tmp_path):
     assert cfg.options.storage.encryption == "gocryptfs"
 
 
+def test_queue_times_take_seconds_up_to_postfixs_limit(tmp_path):
+    """Seconds reach Postfix as they are (a test shortens the queue so); 100 days is the
+    longest lifetime its queue manager starts with."""
+    queue = load(tmp_path, VALID + "  queue:\n    delay_warning_time: 10s\n"
+                 "    maximal_queue_lifetime: 100d\n    bounce_queue_lifetime: 0s\n").model.options.queue
+    assert (queue.delay_warning_time, queue.maximal_queue_lifetime,
+            queue.bounce_queue_lifetime) == ("10s", "100d", "0s")
+
+
 def test_unknown_key_is_named_with_a_suggestion_and_line(tmp_path):
     text = VALID.replace("domains:", "domians:")
     found = problems(tmp_path, text)
@@ -107,6 +116,11 @@ def test_all_problems_reported_at_once(tmp_path):
          "options.storage.encryption (line 14): must be 'gocryptfs', 'encfs' or 'none'"),
         (("25M", "25M\n  queue:\n    delay_warning_time: soon"),
          "must be a duration like 30m, 4h or 5d"),
+        # Postfix's queue manager stops on a lifetime past 100 days: no mail would move.
+        (("25M", "25M\n  queue:\n    maximal_queue_lifetime: 101d"),
+         "options.queue.maximal_queue_lifetime (line 14): must be at most 100d"),
+        (("25M", "25M\n  queue:\n    bounce_queue_lifetime: 15w"),
+         "options.queue.bounce_queue_lifetime (line 14): must be at most 100d"),
         (("25M", "25M\n  relay:\n    host: 'smtp example'\n    username: u"),
          "options.relay.host (line 14): must look like [smtp.example.com]:587"),
         (("domains: [example.org, example.net]", "domains: []"),

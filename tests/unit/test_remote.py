@@ -293,6 +293,40 @@ def test_status_shows_the_jails_the_filter_and_the_resolver():
     assert checks_lines({}) == []  # an older host tool: nothing invented
 
 
+RELAY_REFUSED = ("SASL authentication failed; server relay.test[172.18.0.5] said: 535 5.7.8 "
+                 "Error: authentication failed: authentication failure")
+
+
+def test_status_names_a_relay_that_refuses_the_login_and_what_to_do():
+    from mailstack.cli.storage import queue_lines
+    from mailstack.site.config import Relay
+
+    relay = Relay(host="[relay.test]:587", username="apikey")
+    assert queue_lines({"deferred": [{"reason": RELAY_REFUSED, "messages": 1}]}, relay) == [
+        "relay: [relay.test]:587 refuses the login (535 5.7.8 Error: authentication failed: "
+        "authentication failure); 1 message waits: run `mailstack relay set [relay.test]:587 "
+        "apikey` with the right password, then `mailstack deploy`"]
+    other = "connect to relay.test[172.18.0.5]:587: Connection refused"
+    assert queue_lines({"deferred": [{"reason": other, "messages": 3}]}, relay) == [
+        f"relay: [relay.test]:587 does not take the mail ({other}); 3 messages wait"]
+
+
+def test_status_shows_why_other_mail_waits():
+    from mailstack.cli.storage import queue_lines
+    from mailstack.site.config import Relay
+
+    down = "connect to mail.second.test[172.18.0.3]:25: Connection refused"
+    lmtp = "lmtp: connect to private/dovecot-lmtp: No such file or directory"
+    assert queue_lines({"deferred": [{"reason": down, "messages": 2}]}) == [
+        f"deferred: 2 messages wait: {down}"]
+    # With a relay, mail held back by something else is not blamed on the relay.
+    assert queue_lines({"deferred": [{"reason": lmtp, "messages": 1}]},
+                       Relay(host="[relay.test]:587", username="u")) == [
+        f"deferred: 1 message waits: {lmtp}"]
+    # Nothing deferred, or a host tool from before this field: no line.
+    assert queue_lines({"deferred": []}) == queue_lines({}) == []
+
+
 def test_each_site_has_its_own_private_ssh_connection_directory(tmp_path):
     """Ansible's shared default is keyed only by address: a re-created host with a reused
     address must not ride another site's connection."""

@@ -137,6 +137,16 @@ def test_direct_delivery_verifies_tls_with_dane_and_mta_sts_and_a_relay_does_not
     assert yaml.safe_load(relayed["mailstack_vars.yml"])["mailstack_mta_sts"]["enabled"] is False
 
 
+def test_postfixs_own_notices_are_signed():
+    """Bounces and delay warnings (From: MAILER-DAEMON@ the primary domain, myorigin) pass
+    the DKIM milter too: Postfix skips it for the mail it makes itself unless told."""
+    files = {str(f.path): f.content for f in render_host(CONFIG, fake_secrets(), HOST)}
+    assert "\nmydomain = example.org\n" in files["etc/postfix/main.cf"]
+    assert "\nmyorigin = $mydomain\n" in files["etc/postfix/main.cf"]
+    assert "\ninternal_mail_filter_classes = bounce\n" in files["etc/postfix/main.cf"]
+    assert "\n*@example.org s2026._domainkey.example.org\n" in files["etc/opendkim/SigningTable"]
+
+
 def test_relay_without_password_is_a_clear_error():
     secrets = fake_secrets()
     secrets.site["relay_password"] = None

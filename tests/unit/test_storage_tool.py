@@ -397,3 +397,25 @@ def test_verify_login_takes_only_an_argon2_hash_or_off(storage_conf, host_tool, 
 def test_the_locked_marker_is_no_argon2_hash_and_fits_sql():
     assert not tool.VERIFY_LOCKED.startswith("{ARGON2ID}")
     assert "'" not in tool.VERIFY_LOCKED and "\\" not in tool.VERIFY_LOCKED
+
+
+def test_deferred_reasons_count_messages_per_reason_most_first():
+    refused = "SASL authentication failed; server relay.test[172.18.0.5] said: 535 5.7.8 Error"
+    down = "connect to mail.second.test[172.18.0.3]:25: Connection refused"
+    entries = [
+        # Two recipients held back for one reason: one message.
+        {"queue_name": "deferred", "queue_id": "A", "recipients": [
+            {"address": "a@second.test", "delay_reason": down},
+            {"address": "b@second.test", "delay_reason": down}]},
+        {"queue_name": "deferred", "queue_id": "B", "recipients": [
+            {"address": "c@relayed.test", "delay_reason": refused}]},
+        {"queue_name": "deferred", "queue_id": "C", "recipients": [
+            {"address": "c@relayed.test", "delay_reason": refused}]},
+        # Mail on its way is not waiting for anything.
+        {"queue_name": "active", "queue_id": "D", "recipients": [{"address": "d@x.test"}]},
+    ]
+    assert tool.deferred_reasons(entries) == [{"reason": refused, "messages": 2},
+                                              {"reason": down, "messages": 1}]
+    assert tool.deferred_reasons(entries, most=1) == [{"reason": refused, "messages": 2}]
+    assert tool.deferred_reasons([]) == []
+
