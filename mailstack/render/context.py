@@ -114,6 +114,15 @@ RSPAMD_ANTIVIRUS_FILES = ["/etc/rspamd/local.d/antivirus.conf",
 # Global Sieve scripts (Junk filing, learning) and the programs they may pipe mail to.
 SIEVE_DIR = "/etc/dovecot/sieve"
 SIEVE_PIPE_DIR = "/etc/dovecot/sieve-pipe"
+# Mailbox quotas (users[].quota): Dovecot's quota-status service answers Postfix's policy
+# queries at RCPT on policy_socket (relative to Postfix's queue directory; the sealer answers
+# there while the store is locked), for the mailboxes that have a quota; a mailbox crossing
+# one of the warnings (percent of its quota, highest first: Dovecot runs only the first that
+# applies) gets a mail from its domain's postmaster, sent by warning_script.
+QUOTA = {"policy_socket": sealer.QUOTA_POLICY_SOCKET, "policy_timeout": "10s",
+         "warnings": [95, 80], "warning_script": "/etc/dovecot/quota-warning.sh",
+         # Postfix's restriction class for mailboxes with a quota (the policy query).
+         "restriction_class": "mailbox_quota"}
 # With a rate delay, deliveries to a destination go one at a time, and by Postfix's default
 # one failed connection suspends the whole destination; postconf(5) advises 10 or more.
 RATE_DELAY_FAILED_COHORT_LIMIT = 10
@@ -356,6 +365,7 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
             "postfix_queue_dir": POSTFIX_QUEUE_DIR,
             "lmtp_socket": LMTP_SOCKET,
             "auth_socket": AUTH_SOCKET,
+            "quota": dict(QUOTA),
             "queue": {
                 "delay_warning_time": queue.delay_warning_time,
                 "maximal_queue_lifetime": queue.maximal_queue_lifetime,
@@ -423,6 +433,8 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
                 "queue_unit": SEALER_QUEUE_UNIT,
                 "postfix_unit": f"{POSTFIX_INSTANCE_UNIT}.service",
                 "reinject_service": sealer.REINJECT_SERVICE,
+                # The quota policy's socket, where the sealer answers while Dovecot is stopped.
+                "policy_socket": f"{POSTFIX_QUEUE_DIR}/{QUOTA['policy_socket']}",
             },
         },
         "accounts": {
@@ -462,6 +474,7 @@ def host_vars(context: dict[str, Any]) -> dict[str, Any]:
             "service", "conf_file", "root", "stock_site", "acme_webroot")},
         "mailstack_dkim_keys_dir": DKIM_KEYS_DIR,
         "mailstack_sieve_dirs": [SIEVE_DIR, SIEVE_PIPE_DIR],
+        "mailstack_quota_warning_script": QUOTA["warning_script"],
         "mailstack_spam_group": context["spam"]["group"],
         "mailstack_spam_user": RSPAMD["user"],
         # The directories of the milters' sockets, which the rspamd and opendkim roles make.

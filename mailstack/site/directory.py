@@ -190,7 +190,9 @@ domains:
 # Mailboxes: `mailstack user add name@{opts.domain}`. Passwords are never stored here: only
 # their Argon2id hashes, encrypted in secrets/accounts.yml.
 #   - address: alice@{opts.domain}
-#     quota: 2G          # optional; 0 or absent = unlimited
+#     quota: 2G          # optional; 0 or absent = unlimited. A message that would not fit
+#                        # is refused when the sender names the recipient (552 5.2.2); the
+#                        # user is mailed a warning at 80 % and 95 %
 users: []
 
 # Aliases: an address that forwards to one or more addresses (local or outside).
