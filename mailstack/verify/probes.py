@@ -12,7 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from mailstack.render.context import MAIL_PORTS
 from mailstack.verify.clients import TIMEOUT, imaps, rcpt_verdict, smtp, tls_context
+from mailstack.verify.managesieve import ManageSieve
 
 Probe = Callable[[], tuple[bool, str]]
 
@@ -59,6 +61,20 @@ def no_plaintext_imap(t: Target) -> tuple[bool, str]:
         greeting = sock.recv(512).decode(errors="replace")
     ok = "LOGINDISABLED" in greeting or "STARTTLS" in greeting
     return ok, "port 143 open: " + greeting.strip()[:80]
+
+
+def managesieve_starttls(t: Target) -> tuple[bool, str]:
+    """ManageSieve offers STARTTLS and no SASL mechanism before it; AUTHENTICATE in clear
+    text is refused (tried with a made-up password: no secret crosses in clear)."""
+    with ManageSieve(t.address, MAIL_PORTS["sieve"]) as ms:
+        if "STARTTLS" not in ms.capabilities:
+            return False, "STARTTLS missing from the capabilities"
+        if ms.capabilities.get("SASL"):
+            return False, f"SASL {ms.capabilities['SASL']} offered in clear text"
+        answer = ms.authenticate(t.user, uuid.uuid4().hex)
+        # RFC 5804's code for "not without TLS": a NO for the password alone would not do.
+        refused = answer.status == "NO" and "ENCRYPT-NEEDED" in answer.text.upper()
+        return refused, f"AUTHENTICATE before STARTTLS: {answer.status} {answer.text[:80]}"
 
 
 def starttls(t: Target, port: int) -> tuple[bool, str]:
@@ -118,7 +134,29 @@ def authentication(t: Target) -> list[tuple[str, Probe]]:
         ("AUTH not offered on 587 before TLS", lambda: no_auth_before_tls(t)),
         ("AUTH before TLS refused on 587", lambda: auth_before_tls_refused(t)),
         ("AUTH not offered on 25", lambda: no_auth_on_25(t)),
+        (f"ManageSieve ({MAIL_PORTS['sieve']}) takes no AUTH before STARTTLS",
+         lambda: managesieve_starttls(t)),
     ]
+
+
+# --- logins: the verify mailbox's one-time password on the other mail protocols -----------
+
+def managesieve_login(t: Target) -> tuple[bool, str]:
+    """STARTTLS, then AUTHENTICATE PLAIN, then the user's scripts listed (read only)."""
+    with ManageSieve(t.address, MAIL_PORTS["sieve"]) as ms:
+        started = ms.starttls(tls_context())
+        if not started.ok:
+            return False, f"STARTTLS: {started.status} {started.text}"
+        answer = ms.authenticate(t.user, t.password)
+        if not answer.ok:
+            return False, f"AUTHENTICATE: {answer.status} {answer.text}"
+        listed = ms.command("LISTSCRIPTS")
+        ms.logout()
+        return listed.ok, f"{ms.tls_version}, logged in, {len(listed.lines)} script(s)"
+
+
+def logins(t: Target) -> list[tuple[str, Probe]]:
+    return [("ManageSieve login over STARTTLS", lambda: managesieve_login(t))]
 
 
 # --- refusals: no relay, no unknown recipient, no forged sender ----------------------------
