@@ -71,6 +71,8 @@ SEALER_UNIT = "mailstack-sealer"
 SEALER_QUEUE_UNIT = "mailstack-seal-queue.service"
 # The ports the mail services listen on, open in the firewall with the host's SSH port.
 MAIL_PORTS = {"smtp": 25, "submissions": 465, "submission": 587, "imaps": 993, "sieve": 4190}
+# POP3 over TLS, only with options.pop3 (plain POP3 on 110 is never offered).
+POP3S_PORT = 995
 # The clients trusted as "this host" (Postfix's mynetworks, rspamd's local_addrs): loopback
 # only; everyone else authenticates or is scanned as a stranger.
 MYNETWORKS = ["127.0.0.0/8", "::1/128"]
@@ -238,6 +240,11 @@ def outbound_context(cfg: SiteConfig) -> dict[str, Any]:
     }
 
 
+def mail_ports(cfg: SiteConfig) -> dict[str, int]:
+    """The ports the mail services listen on: MAIL_PORTS, and POP3S with options.pop3."""
+    return {**MAIL_PORTS, **({"pop3s": POP3S_PORT} if cfg.options.pop3 else {})}
+
+
 def verify_address(cfg: SiteConfig) -> str:
     return f"{VERIFY_LOCAL_PART}@{cfg.primary_domain}"
 
@@ -279,16 +286,18 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
         "quota_bytes": 10 * 1024**2,
     })
     antivirus = antivirus_context(cfg)
+    ports = mail_ports(cfg)
     status_services = [*STATUS_SERVICES,
                        *([CLAMAV["daemon_unit"].removesuffix(".service")] if antivirus["enabled"] else [])]
     return {
         "managed_header": MANAGED_HEADER,
         "host": {"name": host.name, "hostname": cfg.hostname, "ssh_port": host.ssh_port,
                  "ssh_harden": cfg.options.ssh.harden},
-        "ports": dict(MAIL_PORTS),
+        "ports": ports,
+        "pop3": {"enabled": cfg.options.pop3},
         # The port this host is reached on for SSH is always open: a ruleset without it would
         # lock out every later deploy and `mailstack unlock`.
-        "firewall": {"tcp_ports": sorted({host.ssh_port, *MAIL_PORTS.values(),
+        "firewall": {"tcp_ports": sorted({host.ssh_port, *ports.values(),
                                           WEB["http_port"], WEB["https_port"]})},
         # Bans close the mail ports only, never SSH: deploys and `mailstack unlock` come
         # over SSH, and its key-only logins are not what fail2ban is for here.
@@ -298,7 +307,7 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
             "find_time": bans.find_time,
             "ban_time": bans.ban_time,
             "ignore": ["127.0.0.1/8", "::1/128", *bans.ignore],
-            "ports": sorted(MAIL_PORTS.values()),
+            "ports": sorted(ports.values()),
             "postfix_unit": f"{POSTFIX_INSTANCE_UNIT}.service",
             "recidive": dict(RECIDIVE),
         },
@@ -475,6 +484,7 @@ def host_vars(context: dict[str, Any]) -> dict[str, Any]:
         "mailstack_dkim_keys_dir": DKIM_KEYS_DIR,
         "mailstack_sieve_dirs": [SIEVE_DIR, SIEVE_PIPE_DIR],
         "mailstack_quota_warning_script": QUOTA["warning_script"],
+        "mailstack_pop3": context["pop3"]["enabled"],
         "mailstack_spam_group": context["spam"]["group"],
         "mailstack_spam_user": RSPAMD["user"],
         # The directories of the milters' sockets, which the rspamd and opendkim roles make.

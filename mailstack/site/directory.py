@@ -285,6 +285,10 @@ options:
   # database.clamav.net (HTTPS).
   antivirus: none
 
+  # POP3 for mail clients that download and delete (IMAP on 993 is always on): true adds
+  # POP3 over TLS on port 995 (never plain POP3 on 110), opened in the firewall.
+  pop3: false
+
   # The certificate of SMTP, IMAP and the web names (MTA-STS policy, client autoconfig).
   # acme: from Let's Encrypt (or acme_directory) for the host name and each domain's
   # mta-sts., autoconfig. and autodiscover. names (publish `mailstack dns` first), renewed

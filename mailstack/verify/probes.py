@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import poplib
 import smtplib
 import socket
 import uuid
@@ -12,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from mailstack.render.context import MAIL_PORTS
+from mailstack.render.context import MAIL_PORTS, POP3S_PORT
 from mailstack.verify.clients import TIMEOUT, imaps, rcpt_verdict, smtp, tls_context
 from mailstack.verify.managesieve import ManageSieve
 
@@ -29,6 +30,7 @@ class Target:
     password: str
     domain: str  # the site's primary domain
     dkim_keys: dict[str, dict[str, Any]]
+    pop3: bool = False  # options.pop3: POP3 over TLS on 995
 
 
 # --- listening: every service answers, with TLS where it must ------------------------------
@@ -63,6 +65,21 @@ def no_plaintext_imap(t: Target) -> tuple[bool, str]:
     return ok, "port 143 open: " + greeting.strip()[:80]
 
 
+def closed(t: Target, port: int, why: str) -> tuple[bool, str]:
+    """Nothing answers on the port: a refused (or filtered) connection."""
+    try:
+        sock = socket.create_connection((t.address, port), timeout=TIMEOUT)
+    except OSError as exc:
+        return True, f"port {port} closed ({why}): {exc.strerror or exc}"
+    with sock:
+        sock.settimeout(TIMEOUT)
+        try:
+            greeting = sock.recv(512).decode(errors="replace").strip()
+        except OSError:
+            greeting = ""
+    return False, f"port {port} answers: {greeting[:80]}"
+
+
 def managesieve_starttls(t: Target) -> tuple[bool, str]:
     """ManageSieve offers STARTTLS and no SASL mechanism before it; AUTHENTICATE in clear
     text is refused (tried with a made-up password: no secret crosses in clear)."""
@@ -77,6 +94,20 @@ def managesieve_starttls(t: Target) -> tuple[bool, str]:
         return refused, f"AUTHENTICATE before STARTTLS: {answer.status} {answer.text[:80]}"
 
 
+def pop3s_login(t: Target) -> tuple[bool, str]:
+    pop = poplib.POP3_SSL(t.address, POP3S_PORT, context=tls_context(), timeout=TIMEOUT)
+    try:
+        pop.user(t.user)
+        pop.pass_(t.password)
+        count, _size = pop.stat()
+        return True, f"{pop.sock.version()}, logged in, {count} message(s)"  # type: ignore[attr-defined]
+    finally:
+        try:
+            pop.quit()
+        except (OSError, poplib.error_proto):
+            pop.close()
+
+
 def starttls(t: Target, port: int) -> tuple[bool, str]:
     with smtp(t.address, port) as s:
         if not s.has_extn("starttls"):
@@ -86,12 +117,17 @@ def starttls(t: Target, port: int) -> tuple[bool, str]:
 
 
 def listening(t: Target) -> list[tuple[str, Probe]]:
+    pop3 = ([] if t.pop3 else
+            [(f"POP3 over TLS not offered (port {POP3S_PORT}; options.pop3 off)",
+              lambda: closed(t, POP3S_PORT, "options.pop3 is off"))])
     return [
         ("port 25 answers SMTP", lambda: banner(t, 25)),
         ("port 587 answers SMTP", lambda: banner(t, 587)),
         ("port 465 answers SMTP over TLS", lambda: implicit_tls(t)),
         ("port 993 answers IMAP over TLS", lambda: imaps_banner(t)),
         ("port 143 offers no plaintext login", lambda: no_plaintext_imap(t)),
+        ("plaintext POP3 not offered (port 110)", lambda: closed(t, 110, "POP3 only over TLS")),
+        *pop3,
         ("STARTTLS offered on 25", lambda: starttls(t, 25)),
         ("STARTTLS offered on 587", lambda: starttls(t, 587)),
     ]
@@ -156,7 +192,8 @@ def managesieve_login(t: Target) -> tuple[bool, str]:
 
 
 def logins(t: Target) -> list[tuple[str, Probe]]:
-    return [("ManageSieve login over STARTTLS", lambda: managesieve_login(t))]
+    pop3 = ([(f"POP3S login on {POP3S_PORT}", lambda: pop3s_login(t))] if t.pop3 else [])
+    return [("ManageSieve login over STARTTLS", lambda: managesieve_login(t)), *pop3]
 
 
 # --- refusals: no relay, no unknown recipient, no forged sender ----------------------------

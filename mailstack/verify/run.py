@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import imaplib
+import poplib
 import smtplib
 import ssl
 
@@ -42,7 +43,7 @@ class Recorder:
         try:
             passed, detail = probe()
         except (OSError, smtplib.SMTPException, imaplib.IMAP4.error, ssl.SSLError,
-                http.client.HTTPException, ManageSieveError) as exc:
+                http.client.HTTPException, poplib.error_proto, ManageSieveError) as exc:
             passed, detail = False, f"{type(exc).__name__}: {exc}"
         return self.record(name, passed, detail)
 
@@ -50,7 +51,8 @@ class Recorder:
 def target(site: Site, host: InventoryHost, password: str) -> Target:
     cfg = site.config
     return Target(host=host.name, address=host.address, user=verify_address(cfg),
-                  password=password, domain=cfg.primary_domain, dkim_keys=site.secrets.dkim)
+                  password=password, domain=cfg.primary_domain, dkim_keys=site.secrets.dkim,
+                  pop3=cfg.options.pop3)
 
 
 def cert_target(site: Site, host: InventoryHost) -> certificate.CertTarget:

@@ -167,6 +167,26 @@ def test_dovecot_accepts_its_config(host):
     assert run(host, "doveconf", "-h", "ssl_min_protocol").stdout.strip() == "TLSv1.2"
 
 
+def test_dovecot_accepts_its_config_with_pop3(rendered, host):
+    """options.pop3 adds Dovecot's pop3 protocol (its package is in the stack image)."""
+    from mailstack.render.renderer import render_site
+    from mailstack.site.directory import Site
+
+    site = Site(rendered.parent.parent / "site")
+    config = site.root / "mailstack.yml"
+    config.write_text(config.read_text().replace("  pop3: false\n", "  pop3: true\n"))
+    try:
+        [files] = render_site(site).values()
+    finally:
+        config.write_text(config.read_text().replace("  pop3: true\n", "  pop3: false\n"))
+    [conf] = [f.content for f in files if str(f.path) == "etc/dovecot/dovecot.conf"]
+    run(host, "sh", "-c", "cat > /tmp/dovecot-pop3.conf", input=conf)
+    proc = run(host, "doveconf", "-n", "-c", "/tmp/dovecot-pop3.conf")
+    assert_clean(proc)
+    assert "protocols = imap pop3 lmtp sieve" in proc.stdout
+    assert "port = 995" in proc.stdout
+
+
 def test_the_quota_warning_script_parses(host):
     proc = run(host, "sh", "-n", "/etc/dovecot/quota-warning.sh")
     assert proc.returncode == 0, proc.stderr

@@ -314,6 +314,30 @@ def rendered(cfg: SiteConfig = CONFIG) -> dict[str, str]:
     return {str(f.path): f.content for f in render_host(cfg, fake_secrets(), HOST)}
 
 
+def test_pop3_listens_on_995_with_tls_only_when_asked_for():
+    import yaml
+
+    off = rendered()
+    assert "protocols = imap lmtp sieve\n" in off["etc/dovecot/dovecot.conf"]
+    assert "pop3" not in off["etc/dovecot/dovecot.conf"].split("protocols =")[1].split("\n")[0]
+    assert "995" not in off["etc/dovecot/dovecot.conf"]
+    facts = yaml.safe_load(off["mailstack_vars.yml"])
+    assert 995 not in facts["mailstack_firewall_tcp_ports"] and facts["mailstack_pop3"] is False
+
+    on = rendered(CONFIG.model_copy(update={"options": CONFIG.options.model_copy(
+        update={"pop3": True})}))
+    dovecot = on["etc/dovecot/dovecot.conf"]
+    assert "protocols = imap pop3 lmtp sieve\n" in dovecot
+    # 110 closed, 995 with TLS from the first byte.
+    assert ("service pop3-login {\n  inet_listener pop3 {\n    port = 0\n  }\n"
+            "  inet_listener pop3s {\n    port = 995\n    ssl = yes\n  }\n}\n") in dovecot
+    facts = yaml.safe_load(on["mailstack_vars.yml"])
+    assert facts["mailstack_firewall_tcp_ports"] == [22, 25, 80, 443, 465, 587, 993, 995, 4190]
+    assert facts["mailstack_pop3"] is True
+    # Guarded against password guessing like the other mail ports.
+    assert "port = 25,465,587,993,995,4190\n" in on["etc/fail2ban/jail.d/mailstack.local"]
+
+
 def test_the_quota_policy_is_asked_for_mailboxes_with_a_quota_on_one_socket():
     """Postfix asks, Dovecot answers and (while the store is locked) the sealer answers on
     the same socket; only mailboxes with a quota are looked up for it."""
