@@ -43,6 +43,7 @@ import pytest
 import testbed
 from testbed.internet import Record, sender_domain
 
+from mailstack.render.context import MAIL_PORTS, POP3S_PORT
 from mailstack.site.directory import Site
 from mailstack.verify.dkim import check_signature
 from mailstack.verify.managesieve import ManageSieve
@@ -58,9 +59,8 @@ AWAY_ALIAS = f"away@{DOMAIN}"  # -> an outside address
 OUTSIDE = "outside.test"
 FORWARD_TARGET = f"someone@{OUTSIDE}"
 QUOTA = 100 * 1024
-SIEVE_PORT = 4190
+SIEVE_PORT = MAIL_PORTS["sieve"]
 SINK_DIR = "/var/tmp/sink"
-STARTED = time.monotonic()
 
 # Run on the outside host: one SMTP transaction to the site's port 25 with the message on
 # stdin, SIZE announced (unless --no-size), every answer printed as JSON. DATA only when a
@@ -130,15 +130,14 @@ class Bed(BoxedHost):
         answers = self.send(message, sender=sender, rcpts=[rcpt])
         assert answers["rcpt"][rcpt][0] == 250 and answers["data"][0] == 250, answers
 
-    def sunk(self) -> list[email.message.Message]:
-        """Every message the outside domains' MX received (smtp-sink's X-Mail-Args and
-        X-Rcpt-Args headers carry the envelope)."""
-        out = testbed.exec_in(self.outside, ["python3", "-c", SUNK, SINK_DIR]).stdout
-        return [email.message_from_bytes(base64.b64decode(m)) for m in json.loads(out)]
-
     def sunk_raw(self) -> list[bytes]:
+        """Every message the outside domains' MX received, as received (smtp-sink's
+        X-Mail-Args and X-Rcpt-Args headers ahead of it carry the envelope)."""
         out = testbed.exec_in(self.outside, ["python3", "-c", SUNK, SINK_DIR]).stdout
         return [base64.b64decode(m) for m in json.loads(out)]
+
+    def sunk(self) -> list[email.message.Message]:
+        return [email.message_from_bytes(raw) for raw in self.sunk_raw()]
 
     def queue(self) -> list[dict]:
         return [json.loads(line) for line in self.run("postqueue", "-j").stdout.splitlines()]
@@ -415,7 +414,7 @@ def test_vacation_answers_a_sender_once_and_never_lists_bounces_robots_or_spam(b
 
 def test_pop3s_logs_in_and_retrieves_a_message(bed):
     inbox = subjects(bed.ip, ALICE)
-    pop = poplib.POP3_SSL(bed.ip, 995, context=tls_context(), timeout=20)
+    pop = poplib.POP3_SSL(bed.ip, POP3S_PORT, context=tls_context(), timeout=20)
     try:
         assert pop.sock.version() in ("TLSv1.2", "TLSv1.3")  # type: ignore[attr-defined]
         pop.user(ALICE)
