@@ -3,9 +3,15 @@
 """mailstack-sealer: mail at rest while the encrypted store is locked, sealed with the
 store's public key (age, X25519), so that no message ever waits in clear text on disk.
 
-  mailstack-sealer lmtp     one LMTP session on stdin/stdout: systemd's socket unit listens
-                            on Dovecot's LMTP path while Dovecot is stopped (locked store), so
-                            Postfix hands each arriving message here and forgets it
+  mailstack-sealer serve    one connection on stdin/stdout to a socket systemd holds in
+                            Dovecot's place while Dovecot is stopped (locked store): on the
+                            LMTP path an LMTP session (below), on the quota policy's path
+                            Postfix's policy queries (policy, below)
+  mailstack-sealer lmtp     one LMTP session: Postfix hands each arriving message here and
+                            forgets it
+  mailstack-sealer policy   Postfix's quota queries at RCPT, each answered DUNNO: the quota
+                            is inside the locked store, so the message is accepted, sealed,
+                            and checked against the quota at its delivery after the unlock
   mailstack-sealer queue    seal what waits in Postfix's queue (deferred and held mail), then
                             delete it from the queue: run at `lock`, at shutdown and at boot
   mailstack-sealer key      make the store's key pair if it has none (store mounted): the
@@ -43,6 +49,9 @@ IDENTITY = ".mailstack/sealing-identity.txt"
 # Postfix's private smtpd for mail coming back from the seal (master.cf: no milters, no
 # address rewriting a second time), relative to Postfix's queue directory.
 REINJECT_SERVICE = "mailstack-reinject"
+# Dovecot's quota-status service, which Postfix asks at RCPT (relative to Postfix's queue
+# directory); the sealer answers on it while Dovecot is stopped.
+QUOTA_POLICY_SOCKET = "private/quota-status"
 MAX_LINE = 4096 * 4
 MAX_MESSAGE = 256 * 1024 * 1024
 
@@ -163,6 +172,38 @@ def lmtp(rfile, wfile, hostname):
             return
         else:
             reply("502 5.5.2 Error: command not recognized")
+
+
+def policy(rfile, wfile):
+    """Postfix's policy delegation protocol: each request (name=value lines, then an empty
+    line) is answered DUNNO, never a refusal: while the store is locked nothing here can
+    know the mailbox's quota, and a 4xx would keep every sender's mail away until the
+    unlock. The mailbox that turns out full at delivery makes Dovecot answer 4xx then: the
+    message waits in Postfix's queue, nothing is lost."""
+    while True:
+        raw = rfile.readline(MAX_LINE)
+        if not raw:
+            return
+        if not raw.strip():
+            wfile.write(b"action=DUNNO\n\n")
+            wfile.flush()
+
+
+def stand_in(local_address):
+    """Which of Dovecot's sockets a connection came in on (its local address): policy or lmtp."""
+    if isinstance(local_address, str) and local_address.endswith("/" + QUOTA_POLICY_SOCKET):
+        return "policy"
+    return "lmtp"
+
+
+def serve(stdin, stdout):
+    """One connection handed over by systemd (Accept=yes) on stdin/stdout."""
+    with socket.socket(fileno=os.dup(stdin.fileno())) as conn:
+        local = conn.getsockname()
+    if stand_in(local) == "policy":
+        policy(stdin, stdout)
+    else:
+        lmtp(stdin, stdout, socket.getfqdn())
 
 
 def read_data(rfile):
@@ -337,13 +378,20 @@ def drain(c):
 
 
 def main():
-    verbs = ("lmtp", "queue", "key", "drain")
+    verbs = ("serve", "lmtp", "policy", "queue", "key", "drain")
     if len(sys.argv) != 2 or sys.argv[1] not in verbs:
         print(__doc__)
         sys.exit(1)
     verb = sys.argv[1]
-    if verb == "lmtp":  # the sealer's own user: no settings needed, none readable
+    # The sealer's own user: no settings needed, none readable.
+    if verb == "serve":
+        serve(sys.stdin.buffer, sys.stdout.buffer)
+        return
+    if verb == "lmtp":
         lmtp(sys.stdin.buffer, sys.stdout.buffer, socket.getfqdn())
+        return
+    if verb == "policy":
+        policy(sys.stdin.buffer, sys.stdout.buffer)
         return
     try:
         c = conf()

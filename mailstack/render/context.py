@@ -71,6 +71,8 @@ SEALER_UNIT = "mailstack-sealer"
 SEALER_QUEUE_UNIT = "mailstack-seal-queue.service"
 # The ports the mail services listen on, open in the firewall with the host's SSH port.
 MAIL_PORTS = {"smtp": 25, "submissions": 465, "submission": 587, "imaps": 993, "sieve": 4190}
+# POP3 over TLS, only with options.pop3 (plain POP3 on 110 is never offered).
+POP3S_PORT = 995
 # The clients trusted as "this host" (Postfix's mynetworks, rspamd's local_addrs): loopback
 # only; everyone else authenticates or is scanned as a stranger.
 MYNETWORKS = ["127.0.0.0/8", "::1/128"]
@@ -114,6 +116,15 @@ RSPAMD_ANTIVIRUS_FILES = ["/etc/rspamd/local.d/antivirus.conf",
 # Global Sieve scripts (Junk filing, learning) and the programs they may pipe mail to.
 SIEVE_DIR = "/etc/dovecot/sieve"
 SIEVE_PIPE_DIR = "/etc/dovecot/sieve-pipe"
+# Mailbox quotas (users[].quota): Dovecot's quota-status service answers Postfix's policy
+# queries at RCPT on policy_socket (relative to Postfix's queue directory; the sealer answers
+# there while the store is locked), for the mailboxes that have a quota; a mailbox crossing
+# one of the warnings (percent of its quota, highest first: Dovecot runs only the first that
+# applies) gets a mail from its domain's postmaster, sent by warning_script.
+QUOTA = {"policy_socket": sealer.QUOTA_POLICY_SOCKET, "policy_timeout": "10s",
+         "warnings": [95, 80], "warning_script": "/etc/dovecot/quota-warning.sh",
+         # Postfix's restriction class for mailboxes with a quota (the policy query).
+         "restriction_class": "mailbox_quota"}
 # With a rate delay, deliveries to a destination go one at a time, and by Postfix's default
 # one failed connection suspends the whole destination; postconf(5) advises 10 or more.
 RATE_DELAY_FAILED_COHORT_LIMIT = 10
@@ -229,6 +240,11 @@ def outbound_context(cfg: SiteConfig) -> dict[str, Any]:
     }
 
 
+def mail_ports(cfg: SiteConfig) -> dict[str, int]:
+    """The ports the mail services listen on: MAIL_PORTS, and POP3S with options.pop3."""
+    return {**MAIL_PORTS, **({"pop3s": POP3S_PORT} if cfg.options.pop3 else {})}
+
+
 def verify_address(cfg: SiteConfig) -> str:
     return f"{VERIFY_LOCAL_PART}@{cfg.primary_domain}"
 
@@ -270,16 +286,18 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
         "quota_bytes": 10 * 1024**2,
     })
     antivirus = antivirus_context(cfg)
+    ports = mail_ports(cfg)
     status_services = [*STATUS_SERVICES,
                        *([CLAMAV["daemon_unit"].removesuffix(".service")] if antivirus["enabled"] else [])]
     return {
         "managed_header": MANAGED_HEADER,
         "host": {"name": host.name, "hostname": cfg.hostname, "ssh_port": host.ssh_port,
                  "ssh_harden": cfg.options.ssh.harden},
-        "ports": dict(MAIL_PORTS),
+        "ports": ports,
+        "pop3": {"enabled": cfg.options.pop3},
         # The port this host is reached on for SSH is always open: a ruleset without it would
         # lock out every later deploy and `mailstack unlock`.
-        "firewall": {"tcp_ports": sorted({host.ssh_port, *MAIL_PORTS.values(),
+        "firewall": {"tcp_ports": sorted({host.ssh_port, *ports.values(),
                                           WEB["http_port"], WEB["https_port"]})},
         # Bans close the mail ports only, never SSH: deploys and `mailstack unlock` come
         # over SSH, and its key-only logins are not what fail2ban is for here.
@@ -289,7 +307,7 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
             "find_time": bans.find_time,
             "ban_time": bans.ban_time,
             "ignore": ["127.0.0.1/8", "::1/128", *bans.ignore],
-            "ports": sorted(MAIL_PORTS.values()),
+            "ports": sorted(ports.values()),
             "postfix_unit": f"{POSTFIX_INSTANCE_UNIT}.service",
             "recidive": dict(RECIDIVE),
         },
@@ -360,6 +378,7 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
             "postfix_queue_dir": POSTFIX_QUEUE_DIR,
             "lmtp_socket": LMTP_SOCKET,
             "auth_socket": AUTH_SOCKET,
+            "quota": dict(QUOTA),
             "queue": {
                 "delay_warning_time": queue.delay_warning_time,
                 "maximal_queue_lifetime": queue.maximal_queue_lifetime,
@@ -427,6 +446,8 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
                 "queue_unit": SEALER_QUEUE_UNIT,
                 "postfix_unit": f"{POSTFIX_INSTANCE_UNIT}.service",
                 "reinject_service": sealer.REINJECT_SERVICE,
+                # The quota policy's socket, where the sealer answers while Dovecot is stopped.
+                "policy_socket": f"{POSTFIX_QUEUE_DIR}/{QUOTA['policy_socket']}",
             },
         },
         "accounts": {
@@ -466,6 +487,8 @@ def host_vars(context: dict[str, Any]) -> dict[str, Any]:
             "service", "conf_file", "root", "stock_site", "acme_webroot")},
         "mailstack_dkim_keys_dir": DKIM_KEYS_DIR,
         "mailstack_sieve_dirs": [SIEVE_DIR, SIEVE_PIPE_DIR],
+        "mailstack_quota_warning_script": QUOTA["warning_script"],
+        "mailstack_pop3": context["pop3"]["enabled"],
         "mailstack_spam_group": context["spam"]["group"],
         "mailstack_spam_user": RSPAMD["user"],
         # The directories of the milters' sockets, which the rspamd and opendkim roles make.

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mailstack.render.context import MAIL_PORTS, WEB_NAME_PREFIXES, mta_sts_policy
+from mailstack.render.context import MAIL_PORTS, POP3S_PORT, WEB_NAME_PREFIXES, mta_sts_policy
 from mailstack.site.config import SiteConfig
 from mailstack.site.inventory import InventoryHost
 from mailstack.site.secrets import dkim_public_key
@@ -54,6 +54,8 @@ SRV_SERVICES = (
     ("_pop3._tcp", 0, "not offered (no POP3)"),
     ("_pop3s._tcp", 0, "not offered (no POP3)"),
 )
+# With options.pop3: POP3 over TLS on 995 (plain POP3 stays not offered).
+POP3S_SERVICE = ("_pop3s._tcp", POP3S_PORT, "mail clients: POP3 over TLS (options.pop3)")
 WEB_NOTES = {"mta-sts": "serves the MTA-STS policy over HTTPS",
              "autoconfig": "Thunderbird's automatic set-up",
              "autodiscover": "Outlook's automatic set-up"}
@@ -132,6 +134,8 @@ def records(cfg: SiteConfig, dkim: dict[str, dict[str, str]], hosts: list[Invent
                 out.append(Record(f"{prefix}.{d}", "CNAME", host, kind="web",
                                   note=WEB_NOTES[prefix]))
         for service, port, note in SRV_SERVICES:
+            if cfg.options.pop3 and service == POP3S_SERVICE[0]:
+                service, port, note = POP3S_SERVICE
             value = f"0 1 {port} {host}" if port else "0 0 0 ."
             out.append(Record(f"{service}.{d}", "SRV", value, kind="srv", note=note))
     return out + ptr

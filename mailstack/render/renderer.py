@@ -37,6 +37,7 @@ SECRET_FILES = {
     "etc/postfix/mysql/virtual_mailboxes.cf",
     "etc/postfix/mysql/virtual_aliases.cf",
     "etc/postfix/mysql/sender_login.cf",
+    "etc/postfix/mysql/quota_mailboxes.cf",
     "etc/postfix/sasl_passwd",
     "etc/dovecot/dovecot-sql.conf.ext",
     "etc/mailstack/db-users.sql",

@@ -481,6 +481,8 @@ class Options(_Strict):
     blocklists: Blocklists = Blocklists()
     resolver: Resolver = Resolver()
     antivirus: Antivirus = "none"
+    # POP3 for clients that download and delete: Dovecot's pop3 on 995, TLS only (no 110).
+    pop3: bool = False
     tls: Tls = Tls()
     dns_update: DnsUpdate | None = None
 

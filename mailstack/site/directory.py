@@ -194,7 +194,9 @@ domains:
 # Mailboxes: `mailstack user add name@{opts.domain}`. Passwords are never stored here: only
 # their Argon2id hashes, encrypted in secrets/accounts.yml.
 #   - address: alice@{opts.domain}
-#     quota: 2G          # optional; 0 or absent = unlimited
+#     quota: 2G          # optional; 0 or absent = unlimited. A message that would not fit
+#                        # is refused when the sender names the recipient (552 5.2.2); the
+#                        # user is mailed a warning at 80 % and 95 %
 users: []
 
 # Aliases: an address that forwards to one or more addresses (local or outside).
@@ -291,6 +293,10 @@ options:
   # with less than 1.5 GiB available. freshclam fetches the signatures from
   # database.clamav.net (HTTPS).
   antivirus: none
+
+  # POP3 for mail clients that download and delete (IMAP on 993 is always on): true adds
+  # POP3 over TLS on port 995 (never plain POP3 on 110), opened in the firewall.
+  pop3: false
 
   # The certificate of SMTP, IMAP and the web names (MTA-STS policy, client autoconfig).
   # acme: from Let's Encrypt (or acme_directory) for the host name and each domain's

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import poplib
 import smtplib
 import socket
 import uuid
@@ -12,7 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from mailstack.render.context import MAIL_PORTS, POP3S_PORT
 from mailstack.verify.clients import TIMEOUT, imaps, rcpt_verdict, smtp, tls_context
+from mailstack.verify.managesieve import ManageSieve
 
 Probe = Callable[[], tuple[bool, str]]
 
@@ -27,6 +30,7 @@ class Target:
     password: str
     domain: str  # the site's primary domain
     dkim_keys: dict[str, dict[str, Any]]
+    pop3: bool = False  # options.pop3: POP3 over TLS on 995
 
 
 # --- listening: every service answers, with TLS where it must ------------------------------
@@ -61,6 +65,49 @@ def no_plaintext_imap(t: Target) -> tuple[bool, str]:
     return ok, "port 143 open: " + greeting.strip()[:80]
 
 
+def closed(t: Target, port: int, why: str) -> tuple[bool, str]:
+    """Nothing answers on the port: a refused (or filtered) connection."""
+    try:
+        sock = socket.create_connection((t.address, port), timeout=TIMEOUT)
+    except OSError as exc:
+        return True, f"port {port} closed ({why}): {exc.strerror or exc}"
+    with sock:
+        sock.settimeout(TIMEOUT)
+        try:
+            greeting = sock.recv(512).decode(errors="replace").strip()
+        except OSError:
+            greeting = ""
+    return False, f"port {port} answers: {greeting[:80]}"
+
+
+def managesieve_starttls(t: Target) -> tuple[bool, str]:
+    """ManageSieve offers STARTTLS and no SASL mechanism before it; AUTHENTICATE in clear
+    text is refused (tried with a made-up password: no secret crosses in clear)."""
+    with ManageSieve(t.address, MAIL_PORTS["sieve"]) as ms:
+        if "STARTTLS" not in ms.capabilities:
+            return False, "STARTTLS missing from the capabilities"
+        if ms.capabilities.get("SASL"):
+            return False, f"SASL {ms.capabilities['SASL']} offered in clear text"
+        answer = ms.authenticate(t.user, uuid.uuid4().hex)
+        # RFC 5804's code for "not without TLS": a NO for the password alone would not do.
+        refused = answer.status == "NO" and "ENCRYPT-NEEDED" in answer.text.upper()
+        return refused, f"AUTHENTICATE before STARTTLS: {answer.status} {answer.text[:80]}"
+
+
+def pop3s_login(t: Target) -> tuple[bool, str]:
+    pop = poplib.POP3_SSL(t.address, POP3S_PORT, context=tls_context(), timeout=TIMEOUT)
+    try:
+        pop.user(t.user)
+        pop.pass_(t.password)
+        count, _size = pop.stat()
+        return True, f"{pop.sock.version()}, logged in, {count} message(s)"  # type: ignore[attr-defined]
+    finally:
+        try:
+            pop.quit()
+        except (OSError, poplib.error_proto):
+            pop.close()
+
+
 def starttls(t: Target, port: int) -> tuple[bool, str]:
     with smtp(t.address, port) as s:
         if not s.has_extn("starttls"):
@@ -70,12 +117,17 @@ def starttls(t: Target, port: int) -> tuple[bool, str]:
 
 
 def listening(t: Target) -> list[tuple[str, Probe]]:
+    pop3 = ([] if t.pop3 else
+            [(f"POP3 over TLS not offered (port {POP3S_PORT}; options.pop3 off)",
+              lambda: closed(t, POP3S_PORT, "options.pop3 is off"))])
     return [
         ("port 25 answers SMTP", lambda: banner(t, 25)),
         ("port 587 answers SMTP", lambda: banner(t, 587)),
         ("port 465 answers SMTP over TLS", lambda: implicit_tls(t)),
         ("port 993 answers IMAP over TLS", lambda: imaps_banner(t)),
         ("port 143 offers no plaintext login", lambda: no_plaintext_imap(t)),
+        ("plaintext POP3 not offered (port 110)", lambda: closed(t, 110, "POP3 only over TLS")),
+        *pop3,
         ("STARTTLS offered on 25", lambda: starttls(t, 25)),
         ("STARTTLS offered on 587", lambda: starttls(t, 587)),
     ]
@@ -118,7 +170,30 @@ def authentication(t: Target) -> list[tuple[str, Probe]]:
         ("AUTH not offered on 587 before TLS", lambda: no_auth_before_tls(t)),
         ("AUTH before TLS refused on 587", lambda: auth_before_tls_refused(t)),
         ("AUTH not offered on 25", lambda: no_auth_on_25(t)),
+        (f"ManageSieve ({MAIL_PORTS['sieve']}) takes no AUTH before STARTTLS",
+         lambda: managesieve_starttls(t)),
     ]
+
+
+# --- logins: the verify mailbox's one-time password on the other mail protocols -----------
+
+def managesieve_login(t: Target) -> tuple[bool, str]:
+    """STARTTLS, then AUTHENTICATE PLAIN, then the user's scripts listed (read only)."""
+    with ManageSieve(t.address, MAIL_PORTS["sieve"]) as ms:
+        started = ms.starttls(tls_context())
+        if not started.ok:
+            return False, f"STARTTLS: {started.status} {started.text}"
+        answer = ms.authenticate(t.user, t.password)
+        if not answer.ok:
+            return False, f"AUTHENTICATE: {answer.status} {answer.text}"
+        listed = ms.command("LISTSCRIPTS")
+        ms.logout()
+        return listed.ok, f"{ms.tls_version}, logged in, {len(listed.lines)} script(s)"
+
+
+def logins(t: Target) -> list[tuple[str, Probe]]:
+    pop3 = ([(f"POP3S login on {POP3S_PORT}", lambda: pop3s_login(t))] if t.pop3 else [])
+    return [("ManageSieve login over STARTTLS", lambda: managesieve_login(t)), *pop3]
 
 
 # --- refusals: no relay, no unknown recipient, no forged sender ----------------------------

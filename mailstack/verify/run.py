@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import imaplib
+import poplib
 import smtplib
 import ssl
 
@@ -19,6 +20,7 @@ from mailstack.site.inventory import InventoryHost, select_hosts
 from mailstack.site.tls import site_key, spki_sha256
 from mailstack.verify import certificate, probes
 from mailstack.verify.host import host_checks, one_time_password
+from mailstack.verify.managesieve import ManageSieveError
 from mailstack.verify.probes import Probe, Target
 from mailstack.verify.published import dns_checks
 from mailstack.verify.report import Check
@@ -41,7 +43,7 @@ class Recorder:
         try:
             passed, detail = probe()
         except (OSError, smtplib.SMTPException, imaplib.IMAP4.error, ssl.SSLError,
-                http.client.HTTPException) as exc:
+                http.client.HTTPException, poplib.error_proto, ManageSieveError) as exc:
             passed, detail = False, f"{type(exc).__name__}: {exc}"
         return self.record(name, passed, detail)
 
@@ -49,7 +51,8 @@ class Recorder:
 def target(site: Site, host: InventoryHost, password: str) -> Target:
     cfg = site.config
     return Target(host=host.name, address=host.address, user=verify_address(cfg),
-                  password=password, domain=cfg.primary_domain, dkim_keys=site.secrets.dkim)
+                  password=password, domain=cfg.primary_domain, dkim_keys=site.secrets.dkim,
+                  pop3=cfg.options.pop3)
 
 
 def cert_target(site: Site, host: InventoryHost) -> certificate.CertTarget:
@@ -62,7 +65,8 @@ def cert_target(site: Site, host: InventoryHost) -> certificate.CertTarget:
 
 def probe_host(t: Target, c: certificate.CertTarget, rec: Recorder) -> None:
     for name, probe in [*probes.listening(t), *certificate.certificate(c),
-                        *probes.authentication(t), *probes.refusals(t), *probes.filtering(t)]:
+                        *probes.authentication(t), *probes.logins(t), *probes.refusals(t),
+                        *probes.filtering(t)]:
         rec.attempt(name, probe)
     round_trip(t, rec)
     # Last: a failed login makes Dovecot delay this client's next logins (auth penalty).

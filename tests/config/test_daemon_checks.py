@@ -34,7 +34,8 @@ def rendered(tmp_path_factory) -> Path:
          "--host", "203.0.113.7"],
         ["--site", str(site), "domain", "add", "example.net"],
         ["--site", str(site), "user", "add", "alice@example.org", "--password-stdin"],
-        ["--site", str(site), "user", "add", "bob@example.net", "--password-stdin"],
+        ["--site", str(site), "user", "add", "bob@example.net", "--quota", "2G",
+         "--password-stdin"],
         # postmaster@example.org -> alice: the domain's first user (automatic)
         ["--site", str(site), "alias", "add", "team@example.net", "alice@example.org",
          "bob@example.net", "friend@elsewhere.test"],
@@ -113,6 +114,11 @@ def test_postfix_accepts_main_cf_and_master_cf(host):
     # Dovecot's LMTP deliveries keep Postfix's defaults.
     ("lmtp_destination_concurrency_limit", "20"),
     ("lmtp_destination_rate_delay", "0s"),
+    # The quota policy: nobody answering is a 4xx, never a 5xx; a hung one is not waited for.
+    ("smtpd_policy_service_default_action",
+     "451 4.3.5 Mailbox quota cannot be checked; try again later"),
+    ("smtpd_policy_service_timeout", "10s"),
+    ("mailbox_quota", "check_policy_service unix:private/quota-status"),
 ])
 def test_postfix_effective_values(host, param, expected):
     proc = run(host, "postconf", "-xh", param)
@@ -159,6 +165,31 @@ def test_dovecot_accepts_its_config(host):
     assert "ssl = required" in proc.stdout
     assert run(host, "doveconf", "-h", "disable_plaintext_auth").stdout.strip() == "yes"
     assert run(host, "doveconf", "-h", "ssl_min_protocol").stdout.strip() == "TLSv1.2"
+
+
+def test_dovecot_accepts_its_config_with_pop3(rendered, host):
+    """options.pop3 adds Dovecot's pop3 protocol (its package is in the stack image)."""
+    from mailstack.render.renderer import render_site
+    from mailstack.site.directory import Site
+
+    site = Site(rendered.parent.parent / "site")
+    config = site.root / "mailstack.yml"
+    config.write_text(config.read_text().replace("  pop3: false\n", "  pop3: true\n"))
+    try:
+        [files] = render_site(site).values()
+    finally:
+        config.write_text(config.read_text().replace("  pop3: true\n", "  pop3: false\n"))
+    [conf] = [f.content for f in files if str(f.path) == "etc/dovecot/dovecot.conf"]
+    run(host, "sh", "-c", "cat > /tmp/dovecot-pop3.conf", input=conf)
+    proc = run(host, "doveconf", "-n", "-c", "/tmp/dovecot-pop3.conf")
+    assert_clean(proc)
+    assert "protocols = imap pop3 lmtp sieve" in proc.stdout
+    assert "port = 995" in proc.stdout
+
+
+def test_the_quota_warning_script_parses(host):
+    proc = run(host, "sh", "-n", "/etc/dovecot/quota-warning.sh")
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_opendkim_accepts_its_config(host):
@@ -243,6 +274,10 @@ def test_sql_schema_users_and_lookups(host):
     assert "alice@example.org" in postmap(host, "alice@example.org", "sender_login")
     assert "alice@example.org" in postmap(host, "postmaster@example.org", "sender_login")
     assert "alice@example.org" not in postmap(host, "bob@example.net", "sender_login")
+    # Only a mailbox with a quota is asked about at RCPT (its restriction class).
+    assert postmap(host, "bob@example.net", "quota_mailboxes") == "mailbox_quota"
+    for key in ("alice@example.org", "team@example.net", "postmaster@example.org"):
+        assert postmap(host, key, "quota_mailboxes") == "", key
 
 
 def test_lookups_outside_our_domains_never_reach_the_database(host):
@@ -253,7 +288,7 @@ def test_lookups_outside_our_domains_never_reach_the_database(host):
                                 "SHOW GLOBAL STATUS LIKE 'Questions'").stdout.split()[1])
     before = questions()
     own = questions() - before  # what asking costs by itself (the client's own statements)
-    for table in ("virtual_aliases", "virtual_mailboxes", "sender_login"):
+    for table in ("virtual_aliases", "virtual_mailboxes", "sender_login", "quota_mailboxes"):
         for key in ("friend@elsewhere.test", "@example.org", "example.org", "alice"):
             assert postmap(host, key, table) == "", (table, key)
     after = questions()

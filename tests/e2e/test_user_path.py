@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import imaplib
 import json
+import re
 import subprocess
 import tempfile
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 import testbed
 
+from mailstack.deploy.ssh import control_path_dir
 from mailstack.host import storage_tool
 from mailstack.render.context import DB_NAME, VERIFY_LOCAL_PART
 from mailstack.sandbox import host as sandbox
@@ -172,8 +174,13 @@ def test_ssh_auth_failure_is_named(deployed, tmp_path):
                    check=True)
     key = str(sandbox.sandbox_status().ssh_key)
     # deploy keeps SSH master connections for 60 s (ControlPersist): end them, or the
-    # already-authenticated connection would be reused and the new key never tried.
-    subprocess.run(["pkill", "-f", r"mailstack/ssh/.*\[mux\]"], check=False)
+    # already-authenticated connection would be reused and the new key never tried. Only
+    # this site's (its own control path directory): other sites' deploys may be running.
+    own = str(control_path_dir(deployed))
+    masters = subprocess.run(["pgrep", "-f", rf"{re.escape(own)}/.*\[mux\]"],
+                             capture_output=True, text=True, check=False).stdout.split()
+    for pid in masters:
+        subprocess.run(["kill", pid], check=False)
     time.sleep(0.5)
     path, original = _with_inventory(deployed, key, str(other_key))
     try:

@@ -111,6 +111,7 @@ STACK_PACKAGES: tuple[str, ...] = (
     "redis-server",
     "dovecot-sieve",
     "dovecot-managesieved",
+    "dovecot-pop3d",
     "clamav-daemon",
     "clamav-freshclam",
     "nginx",

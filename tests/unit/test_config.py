@@ -233,6 +233,10 @@ def test_all_problems_reported_at_once(tmp_path):
          "options.antivirus (line 13): must be 'none' or 'clamav' (got True)"),
         (("25M", "25M\n  antivirus: {engine: clamav}"),
          "options.antivirus (line 13): must be 'none' or 'clamav'"),
+        (("25M", "25M\n  pop3: sometimes"),
+         "options.pop3 (line 13): Input should be a valid boolean"),
+        (("25M", "25M\n  pop3: {port: 110}"),
+         "options.pop3 (line 13): Input should be a valid boolean"),
         (("25M", "25M\n  tls:\n    certificate: letsencrypt"),
          "options.tls.certificate (line 14): must be 'acme', 'self-signed' or 'files'"),
         (("25M", "25M\n  tls:\n    acme_directory: http://acme.example/dir"),
@@ -307,6 +311,11 @@ def test_antivirus_is_off_unless_asked_for(tmp_path):
     assert load(tmp_path, VALID).model.options.antivirus == "none"
     cfg = load(tmp_path, VALID.replace("25M", "25M\n  antivirus: clamav")).model
     assert cfg.options.antivirus == "clamav"
+
+
+def test_pop3_is_off_unless_asked_for(tmp_path):
+    assert load(tmp_path, VALID).model.options.pop3 is False
+    assert load(tmp_path, VALID.replace("25M", "25M\n  pop3: true")).model.options.pop3 is True
 
 
 def test_outbound_takes_postfix_defaults_and_accepts_a_quota(tmp_path):

@@ -99,6 +99,15 @@ def test_every_domain_gets_mta_sts_tls_rpt_web_names_and_srv_records(cli):
     assert len(srv) == 12
 
 
+def test_with_pop3_the_srv_record_names_pop3s_and_plain_pop3_stays_not_offered(cli):
+    path = cli.site / "mailstack.yml"
+    path.write_text(path.read_text().replace("  pop3: false", "  pop3: true"))
+    srv = _by_name(_records(cli), "SRV")
+    assert srv["_pop3s._tcp.example.org."] == "0 1 995 mail.example.org."
+    assert srv["_pop3._tcp.example.org."] == "0 0 0 ."
+    assert srv["_imap._tcp.example.org."] == "0 0 0 ."
+
+
 def test_tlsa_names_the_vault_key_and_a_site_without_one_gets_a_note(cli):
     from mailstack.site.tls import tlsa_311
 

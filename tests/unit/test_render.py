@@ -374,3 +374,73 @@ def test_unbound_validates_unless_it_has_neither_the_root_nor_an_anchor(dnssec, 
     assert ('module-config: "iterator"' not in conf) is validates
     assert [line.strip() for line in conf.splitlines() if "trust-anchor:" in line] == [
         f'trust-anchor: "{a}"' for a in anchors]
+
+
+def rendered(cfg: SiteConfig = CONFIG) -> dict[str, str]:
+    return {str(f.path): f.content for f in render_host(cfg, fake_secrets(), HOST)}
+
+
+def test_pop3_listens_on_995_with_tls_only_when_asked_for():
+    import yaml
+
+    off = rendered()
+    assert "protocols = imap lmtp sieve\n" in off["etc/dovecot/dovecot.conf"]
+    assert "pop3" not in off["etc/dovecot/dovecot.conf"].split("protocols =")[1].split("\n")[0]
+    assert "995" not in off["etc/dovecot/dovecot.conf"]
+    facts = yaml.safe_load(off["mailstack_vars.yml"])
+    assert 995 not in facts["mailstack_firewall_tcp_ports"] and facts["mailstack_pop3"] is False
+
+    on = rendered(CONFIG.model_copy(update={"options": CONFIG.options.model_copy(
+        update={"pop3": True})}))
+    dovecot = on["etc/dovecot/dovecot.conf"]
+    assert "protocols = imap pop3 lmtp sieve\n" in dovecot
+    # 110 closed, 995 with TLS from the first byte.
+    assert ("service pop3-login {\n  inet_listener pop3 {\n    port = 0\n  }\n"
+            "  inet_listener pop3s {\n    port = 995\n    ssl = yes\n  }\n}\n") in dovecot
+    facts = yaml.safe_load(on["mailstack_vars.yml"])
+    assert facts["mailstack_firewall_tcp_ports"] == [22, 25, 80, 443, 465, 587, 993, 995, 4190]
+    assert facts["mailstack_pop3"] is True
+    # Guarded against password guessing like the other mail ports.
+    assert "port = 25,465,587,993,995,4190\n" in on["etc/fail2ban/jail.d/mailstack.local"]
+
+
+def test_the_quota_policy_is_asked_for_mailboxes_with_a_quota_on_one_socket():
+    """Postfix asks, Dovecot answers and (while the store is locked) the sealer answers on
+    the same socket; only mailboxes with a quota are looked up for it."""
+    files = rendered()
+    main_cf = files["etc/postfix/main.cf"]
+    restrictions = main_cf.split("smtpd_recipient_restrictions =")[1].split("\nsmtpd_")[0]
+    assert restrictions.rstrip().endswith(
+        "check_recipient_access proxy:mysql:/etc/postfix/mysql/quota_mailboxes.cf")
+    assert "\nmailbox_quota = check_policy_service unix:private/quota-status\n" in main_cf
+    assert "smtpd_restriction_classes = verify_mailbox_only, mailbox_quota\n" in main_cf
+    # Nobody answering is a 4xx, never a 5xx.
+    assert "\nsmtpd_policy_service_default_action = 451 4.3.5 " in main_cf
+    query = files["etc/postfix/mysql/quota_mailboxes.cf"]
+    assert ("query = SELECT 'mailbox_quota' FROM mailboxes WHERE address = '%s' AND enabled = 1 "
+            "AND quota_bytes > 0\n") in query
+    assert "domain = example.net, example.org\n" in query
+    # Postfix's lookup account may read the quota column, still not the password hash.
+    grants = [line for line in files["etc/mailstack/db-users.sql"].splitlines()
+              if "mailstack_postfix" in line and "mailboxes" in line]
+    assert grants and all("(address, domain, local_part, enabled, quota_bytes)" in g
+                          for g in grants)
+    socket = "/var/spool/postfix/private/quota-status"
+    assert (f"  executable = quota-status -p postfix\n  unix_listener {socket} {{\n"
+            "    mode = 0600\n    user = postfix\n") in files["etc/dovecot/dovecot.conf"]
+    assert f"\nListenStream={socket}\n" in files["etc/systemd/system/mailstack-sealer.socket"]
+    assert socket.endswith("/" + sealer.QUOTA_POLICY_SOCKET)
+
+
+def test_quota_warnings_are_mailed_by_the_script_dovecot_names():
+    import yaml
+
+    files = rendered()
+    dovecot = files["etc/dovecot/dovecot.conf"]
+    assert "  quota_warning = storage=95%% quota-warning 95 %u\n" in dovecot
+    assert "  quota_warning2 = storage=80%% quota-warning 80 %u\n" in dovecot
+    script = yaml.safe_load(files["mailstack_vars.yml"])["mailstack_quota_warning_script"]
+    assert f"  executable = script {script}\n" in dovecot
+    assert files[script.lstrip("/")].startswith("#!/bin/sh\n")
+    # An LMTP setting: inside plugin {} Dovecot would ignore it (and bounce at once).
+    assert "\nquota_full_tempfail = yes\n" in dovecot

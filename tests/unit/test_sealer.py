@@ -1,14 +1,17 @@
 """mailstack-sealer's LMTP session and its sealed files, with the real `age` (as on the
 hosts): what Postfix hands over while the store is locked is answered per recipient, kept
-only encrypted, and opens again to the same envelope and bytes. The host-side flows (lock,
-shutdown, unlock) are proven on real hosts in tests/e2e/test_storage.py."""
+only encrypted, and opens again to the same envelope and bytes; the quota policy queries it
+answers meanwhile. The host-side flows (lock, shutdown, unlock) are proven on real hosts in
+tests/e2e/test_storage.py and tests/e2e/test_filters.py."""
 
 from __future__ import annotations
 
 import io
 import json
 import shutil
+import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -90,3 +93,42 @@ def test_the_same_queue_message_sealed_twice_leaves_one_file(sealed_dir: Path):
     assert sorted(p.name for p in sealed_dir.iterdir()) == ["q-1795503270-A5B512C45E6.age",
                                                            "recipient.txt"]
     assert opened(sealed_dir, "q-1795503270-A5B512C45E6.age") == (envelope, b"Subject: x\n\nbody\n")
+
+
+POLICY_REQUEST = (b"request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=ESMTP\n"
+                  b"sender=someone@example.net\nrecipient=alice@example.org\nsize=123456\n\n")
+
+
+def test_while_locked_every_quota_query_is_answered_dunno():
+    """Postfix keeps its policy connection open and asks once per recipient."""
+    out = io.BytesIO()
+    sealer.policy(io.BytesIO(POLICY_REQUEST * 3), out)
+    assert out.getvalue() == b"action=DUNNO\n\n" * 3
+
+
+def serve_on(path: Path, request: bytes) -> bytes:
+    """`mailstack-sealer serve` on one connection accepted from a unix socket at path, as
+    systemd hands it over (Accept=yes: the connection on stdin and stdout)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(path))
+        listener.listen()
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(str(path))
+            conn, _ = listener.accept()
+            with conn:
+                proc = subprocess.Popen([sys.executable, sealer.__file__, "serve"], stdin=conn,
+                                        stdout=conn)
+            client.sendall(request)
+            client.shutdown(socket.SHUT_WR)
+            answer = b"".join(iter(lambda: client.recv(4096), b""))
+            assert proc.wait(timeout=30) == 0
+            return answer
+
+
+def test_serve_answers_the_quota_policy_on_its_socket_and_lmtp_on_any_other(tmp_path: Path):
+    policy = tmp_path / "spool" / sealer.QUOTA_POLICY_SOCKET
+    assert serve_on(policy, POLICY_REQUEST) == b"action=DUNNO\n\n"
+    lmtp = serve_on(tmp_path / "spool/private/dovecot-lmtp", b"LHLO postfix\r\nQUIT\r\n")
+    assert lmtp.startswith(b"220 ") and b"LMTP mailstack-sealer" in lmtp
+    assert lmtp.endswith(b"221 2.0.0 Bye\r\n")

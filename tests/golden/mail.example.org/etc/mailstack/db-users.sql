@@ -18,14 +18,14 @@ FLUSH PRIVILEGES;
 -- Each account exists for TCP clients ('127.0.0.1', what the daemons use) and
 -- for unix-socket clients ('localhost').
 
--- Postfix: reads domains, aliases and whether a mailbox exists, never a
+-- Postfix: reads domains, aliases, whether a mailbox exists and has a quota, never a
 -- password hash.
 CREATE USER IF NOT EXISTS 'mailstack_postfix'@'127.0.0.1' IDENTIFIED BY 'FAKE-postfix-pw';
 ALTER USER 'mailstack_postfix'@'127.0.0.1' IDENTIFIED BY 'FAKE-postfix-pw';
 REVOKE ALL PRIVILEGES, GRANT OPTION FROM 'mailstack_postfix'@'127.0.0.1';
 GRANT SELECT ON `mailstack`.domains TO 'mailstack_postfix'@'127.0.0.1';
 GRANT SELECT ON `mailstack`.aliases TO 'mailstack_postfix'@'127.0.0.1';
-GRANT SELECT (address, domain, local_part, enabled) ON `mailstack`.mailboxes TO 'mailstack_postfix'@'127.0.0.1';
+GRANT SELECT (address, domain, local_part, enabled, quota_bytes) ON `mailstack`.mailboxes TO 'mailstack_postfix'@'127.0.0.1';
 
 -- Dovecot: reads mailboxes (password hash, quota).
 CREATE USER IF NOT EXISTS 'mailstack_dovecot'@'127.0.0.1' IDENTIFIED BY 'FAKE-dovecot-pw';
@@ -33,14 +33,14 @@ ALTER USER 'mailstack_dovecot'@'127.0.0.1' IDENTIFIED BY 'FAKE-dovecot-pw';
 REVOKE ALL PRIVILEGES, GRANT OPTION FROM 'mailstack_dovecot'@'127.0.0.1';
 GRANT SELECT ON `mailstack`.mailboxes TO 'mailstack_dovecot'@'127.0.0.1';
 
--- Postfix: reads domains, aliases and whether a mailbox exists, never a
+-- Postfix: reads domains, aliases, whether a mailbox exists and has a quota, never a
 -- password hash.
 CREATE USER IF NOT EXISTS 'mailstack_postfix'@'localhost' IDENTIFIED BY 'FAKE-postfix-pw';
 ALTER USER 'mailstack_postfix'@'localhost' IDENTIFIED BY 'FAKE-postfix-pw';
 REVOKE ALL PRIVILEGES, GRANT OPTION FROM 'mailstack_postfix'@'localhost';
 GRANT SELECT ON `mailstack`.domains TO 'mailstack_postfix'@'localhost';
 GRANT SELECT ON `mailstack`.aliases TO 'mailstack_postfix'@'localhost';
-GRANT SELECT (address, domain, local_part, enabled) ON `mailstack`.mailboxes TO 'mailstack_postfix'@'localhost';
+GRANT SELECT (address, domain, local_part, enabled, quota_bytes) ON `mailstack`.mailboxes TO 'mailstack_postfix'@'localhost';
 
 -- Dovecot: reads mailboxes (password hash, quota).
 CREATE USER IF NOT EXISTS 'mailstack_dovecot'@'localhost' IDENTIFIED BY 'FAKE-dovecot-pw';
