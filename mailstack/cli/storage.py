@@ -94,11 +94,10 @@ def queue_lines(data: dict, relay: Relay | None = None) -> list[str]:
     """Why deferred mail waits, one line per reason Postfix gave (the host tool's `deferred`):
     a relay host that refuses the login, or takes no mail, is named with what to do."""
     lines = []
-    relay_name = relay.host.split("]")[0].strip("[").rsplit(":", 1)[0] if relay else None
     for item in data.get("deferred") or []:
         reason, n = item["reason"], item["messages"]
         waits = f"{n} message{'s wait' if n != 1 else ' waits'}"
-        if relay is None or f"{relay_name}[" not in reason:
+        if relay is None or f"{relay.name}[" not in reason:
             lines.append(f"deferred: {waits}: {reason}")
         elif "SASL authentication failed" in reason:
             said = reason.split(" said: ", 1)[1] if " said: " in reason else reason

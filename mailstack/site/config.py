@@ -136,12 +136,19 @@ def _relay_username(value: Any) -> str:
     return value
 
 
+def relay_host_name(host: str) -> str:
+    """The name in a relay host like [smtp.example.com]:587 (a valid one)."""
+    match = _RELAY_HOST.fullmatch(host)
+    assert match is not None, host
+    return match.group(1).strip("[]")
+
+
 def _relay_host(value: Any) -> str:
     text = str(value)
     match = _RELAY_HOST.fullmatch(text)
     if not match:
         raise ValueError("must look like [smtp.example.com]:587")
-    name = match.group(1).strip("[]")
+    name = relay_host_name(text)
     if problem := domain_problem(name.lower()):
         raise ValueError(f"has a host name that {problem}")
     if match.group(2) and not 1 <= int(match.group(2)) <= 65535:
@@ -204,6 +211,11 @@ class Relay(_Strict):
     # The relay's SPF record to include in ours (its provider documents it, e.g.
     # amazonses.com): receivers check that the relay may send for our domains.
     spf_include: Domain | None = None
+
+    @property
+    def name(self) -> str:
+        """The relay's host name, without the brackets and the port (as Postfix logs it)."""
+        return relay_host_name(self.host)
 
 
 QueueTime = Annotated[str, BeforeValidator(_queue_time)]
