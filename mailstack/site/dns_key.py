@@ -12,7 +12,7 @@ from ruamel.yaml.comments import CommentedMap
 
 from mailstack.errors import MailstackError
 from mailstack.site.directory import Site, edits_site
-from mailstack.site.document import option_to_map, option_to_null
+from mailstack.site.document import option_to_null, set_option_fields
 
 SECRET = "dns_update_secret"
 # base64 as BIND's tsig-keygen, Knot's keymgr -t and PowerDNS's generate-tsig-key print it.
@@ -62,14 +62,10 @@ def set_key(site: Site, name: str, algorithm: str, secret: str, server: str | No
         raise MailstackError(f"the secret read from standard input {problem}; nothing was "
                              "changed")
     options = site.doc.data.setdefault("options", CommentedMap())
-    current = options.get("dns_update")
-    update = current if isinstance(current, CommentedMap) else CommentedMap()
-    update["key_name"] = name
-    update["algorithm"] = algorithm
+    fields: dict[str, object] = {"key_name": name, "algorithm": algorithm}
     if server is not None:
-        update["server"] = server
-    if update is not current:
-        option_to_map(options, "dns_update", update)
+        fields["server"] = server
+    set_option_fields(options, "dns_update", fields)
     replaced = bool(site.secrets.site.get(SECRET))
     site.secrets.site[SECRET] = secret
     site.commit()  # validates options.dns_update (a bad name or server names the field)

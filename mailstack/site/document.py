@@ -67,6 +67,16 @@ def option_to_map(options: CommentedMap, key: str, value: CommentedMap) -> None:
         value.ca.items[list(value)[-1]] = [None, None, trailing[2], None]
 
 
+def set_option_fields(options: CommentedMap, key: str, fields: dict[str, object]) -> None:
+    """Set fields of the map at options[key]: in place when there is one (its other keys,
+    e.g. a relay's spf_include, kept), else a new map where `key: null` was."""
+    current = options.get(key)
+    if isinstance(current, CommentedMap):
+        current.update(fields)
+    else:
+        option_to_map(options, key, CommentedMap(fields))
+
+
 def option_to_null(options: CommentedMap, key: str) -> None:
     """Set `key: null` where a map was, the comment block after the map's last key kept
     after the null (the reverse of option_to_map)."""

@@ -7,7 +7,7 @@ from ruamel.yaml.comments import CommentedMap
 
 from mailstack.errors import MailstackError
 from mailstack.site.directory import Site, edits_site
-from mailstack.site.document import option_to_map, option_to_null
+from mailstack.site.document import option_to_null, set_option_fields
 from mailstack.site.names import control_problem
 
 
@@ -19,13 +19,9 @@ def set_relay(site: Site, host: str, username: str, password: str) -> None:
         raise MailstackError(f"the relay password {problem}; it must fit on one line of "
                              "sasl_passwd")
     options = site.doc.data.setdefault("options", CommentedMap())
-    current = options.get("relay")
-    if isinstance(current, CommentedMap):
-        # A new password or login (what `mailstack status` sends the user here for) keeps
-        # the rest of the relay's settings, spf_include among them.
-        current["host"], current["username"] = host, username
-    else:
-        option_to_map(options, "relay", CommentedMap(host=host, username=username))
+    # A new password or login (what `mailstack status` sends the user here for) keeps the
+    # rest of the relay's settings, spf_include among them.
+    set_option_fields(options, "relay", {"host": host, "username": username})
     site.secrets.site["relay_password"] = password
     site.commit()
 
