@@ -176,10 +176,12 @@ def mta_sts_policy(cfg: SiteConfig) -> dict[str, Any]:
     when the policy does. enforce only with a certificate senders trust: a sender never
     fetches a policy over an untrusted one anyway, and testing asks nothing of them."""
     mode = "testing" if cfg.options.tls.certificate == "self-signed" else "enforce"
+    mx = [cfg.hostname]
     text = "".join(f"{k}: {v}\n" for k, v in (
-        ("version", "STSv1"), ("mode", mode), ("mx", cfg.hostname),
+        ("version", "STSv1"), ("mode", mode), *(("mx", m) for m in mx),
         ("max_age", MTA_STS_MAX_AGE[mode])))
-    return {"mode": mode, "text": text, "id": hashlib.sha256(text.encode()).hexdigest()[:20]}
+    return {"mode": mode, "mx": mx, "text": text,
+            "id": hashlib.sha256(text.encode()).hexdigest()[:20]}
 
 
 def client_settings(cfg: SiteConfig) -> dict[str, Any]:

@@ -90,8 +90,7 @@ def mx_matches(pattern: str, host: str) -> bool:
 
 def mta_sts_covers_mx(site: Site, report: Report, domain: str) -> Check:
     name = f"MTA-STS policy of {domain} covers its MX"
-    patterns = [line.split(":", 1)[1].strip() for line in
-                mta_sts_policy(site.config)["text"].splitlines() if line.startswith("mx:")]
+    patterns = mta_sts_policy(site.config)["mx"]
     fqdn = domain.rstrip(".").lower() + "."
     mx = next((r for r in report.results if r.record.kind == "mx" and r.record.name == fqdn), None)
     txt = next((r for r in report.results
