@@ -21,7 +21,10 @@ the host (`docker exec`):
 total is the sum of PSS of every process on the host. A benchmark prints numbers: it fails
 only when it cannot measure, not when the total is over the aim.
 
-    .venv/bin/python bench/memory.py [--settle S] [--image stack|base] [--runs N] [--json]
+With `--groupware` the site has options.groupware on (SOGo, memcached) and the user also
+logs in to the webmail and lists the INBOX there before the settle period.
+
+    .venv/bin/python bench/memory.py [--settle S] [--image stack|base] [--runs N] [--groupware] [--json]
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ sys.path.insert(0, str(REPO / "tests"))
 
 import testbed  # noqa: E402
 from benchlib import PASSWORD, mailstack, new_site  # noqa: E402
-from e2e.helpers import imap_subjects, send, tls_context  # noqa: E402
+from e2e.helpers import edit_config, imap_subjects, send, tls_context  # noqa: E402
+from e2e.sogo import Web, subjects_of  # noqa: E402
 
 from mailstack.deploy.ssh import control_path_dir  # noqa: E402
 from mailstack.sandbox import host as sandbox  # noqa: E402
@@ -133,6 +137,19 @@ def traffic(ip: str, tag: str) -> None:
         time.sleep(0.5)
 
 
+def webmail(ip: str, tag: str) -> None:
+    """The user logs in to the webmail (SOGo) and lists the INBOX there."""
+    web = Web(ip, f"mail.{DOMAIN}")
+    deadline = time.monotonic() + 60
+    while (login := web.login(USER, PASSWORD)).status != 200:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"webmail login failed: {login.status} {login.body[:200]!r}")
+        time.sleep(1)
+    listing = web.inbox(USER)
+    if listing.status != 200 or f"inbound {tag} 0" not in subjects_of(listing.json()):
+        raise SystemExit(f"webmail INBOX listing failed: {listing.status} {listing.body[:200]!r}")
+
+
 def measure(host: str) -> dict:
     proc = testbed.exec_in(host, ["python3", "-"], input=PROBE, check=False)
     if proc.returncode != 0:
@@ -140,7 +157,7 @@ def measure(host: str) -> dict:
     return json.loads(proc.stdout)
 
 
-def one_run(image: str, settle: float, key: Path, workdir: Path) -> dict:
+def one_run(image: str, settle: float, key: Path, workdir: Path, groupware: bool) -> dict:
     started = time.monotonic()
     name = f"mailstack-bench-memory-{uuid.uuid4().hex[:6]}"
     try:
@@ -148,8 +165,12 @@ def one_run(image: str, settle: float, key: Path, workdir: Path) -> dict:
         host = testbed.start_host(name, image, hostname=f"mail.{DOMAIN}", cap_add=("NET_ADMIN",),
                                   ssh_pubkey=key.with_suffix(".pub").read_text())
         site = new_site(workdir / name, host.ip, key, USER)
+        if groupware:
+            edit_config(site, ("  groupware: false\n", "  groupware: true\n"))
         deploy(site)
         traffic(host.ip, name)
+        if groupware:
+            webmail(host.ip, name)
         print(f"{2 * MESSAGES} messages delivered and read; settling {settle:.0f} s", flush=True)
         time.sleep(settle)
         result = measure(name)
@@ -200,6 +221,8 @@ def main() -> int:
     parser.add_argument("--image", choices=("stack", "base"), default="stack",
                         help="stack: packages preinstalled (quick); base: bare Debian 12")
     parser.add_argument("--runs", type=int, default=1, help="fresh hosts, one after another")
+    parser.add_argument("--groupware", action="store_true",
+                        help="options.groupware on (SOGo), used once through the webmail")
     parser.add_argument("--json", action="store_true", help="also print the results as JSON")
     args = parser.parse_args()
     testbed.ensure_engine()
@@ -210,7 +233,7 @@ def main() -> int:
         for i in range(args.runs):
             print(f"run {i + 1}/{args.runs} on {image}", flush=True)
             try:
-                results.append(one_run(image, args.settle, key, Path(tmp)))
+                results.append(one_run(image, args.settle, key, Path(tmp), args.groupware))
             except (testbed.SandboxError, OSError, smtplib.SMTPException) as exc:
                 raise SystemExit(f"run {i + 1} failed: {exc}") from exc
             totals.append(report(results[-1]))
@@ -220,6 +243,7 @@ def main() -> int:
               f"of the {AIM_MIB} MiB aim")
     if args.json:
         print(json.dumps({"image": image, "settle": args.settle, "aim_mib": AIM_MIB,
+                          "groupware": args.groupware,
                           "runs": results}, indent=2))
     return 0
 

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +19,38 @@ from mailstack.host import storage_tool
 from mailstack.site.directory import InitOptions, init_site
 
 PASSWORD = "correct horse battery staple"
+
+
+# The full run has two pytest-xdist workers (scripts/test: `-n 2`), and each takes whole
+# modules: a module's module-scoped host is converged once, on one worker. The modules that
+# start the one container of a fixed name are one unit, so they never run at the same time.
+SHARED_CONTAINER_GROUPS = {
+    "tests/e2e/test_user_path.py": "mailstack-sandbox",
+    "tests/testbed/test_sandbox.py": "mailstack-sandbox",
+}
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    # xdist's own `--dist loadgroup` marks items by renaming their node ids, which pytest 9
+    # no longer allows: the marks were ignored and each worker set up every module's host.
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return SHARED_CONTAINER_GROUPS.get(module, module)
+
+    return ModuleScheduling(config, log)
+
+
+_worker = os.environ.get("PYTEST_XDIST_WORKER")
+if _worker:
+    # Each worker's own temporary directory: a test that looks for what a deploy left in /tmp
+    # must not see the other worker's deploy at work.
+    _tmp = Path(tempfile.gettempdir()) / f"mailstack-tests-{_worker}"
+    _tmp.mkdir(mode=0o700, exist_ok=True)
+    os.environ["TMPDIR"] = str(_tmp)
+    tempfile.tempdir = None
 
 
 @pytest.fixture(autouse=True)

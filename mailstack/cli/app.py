@@ -15,7 +15,20 @@ import typer
 from typer.core import TyperGroup
 
 from mailstack import __version__
-from mailstack.cli import accounts, build, dns, init, probe, relay, sandbox, spam, storage, tls
+from mailstack.cli import (
+    accounts,
+    backup,
+    build,
+    dns,
+    groupware,
+    init,
+    probe,
+    relay,
+    sandbox,
+    spam,
+    storage,
+    tls,
+)
 from mailstack.cli.common import CONTEXT, Options
 from mailstack.errors import MailstackError
 
@@ -49,7 +62,7 @@ app = typer.Typer(
 )
 # In the order `mailstack --help` lists them: the site, its files, the hosts, day 2.
 for command in (init.init, build.render, build.deploy, probe.verify, storage.unlock,
-                storage.lock, storage.status, storage.unban):
+                storage.lock, storage.status, storage.unban, backup.restore):
     app.command()(command)
 app.add_typer(dns.dns_app, name="dns")
 app.add_typer(accounts.user_app, name="user")
@@ -57,7 +70,9 @@ app.add_typer(accounts.alias_app, name="alias")
 app.add_typer(accounts.domain_app, name="domain")
 app.add_typer(relay.relay_app, name="relay")
 app.add_typer(spam.spam_app, name="spam")
+app.add_typer(groupware.groupware_app, name="groupware")
 app.add_typer(tls.tls_app, name="tls")
+app.add_typer(backup.backup_app, name="backup")
 app.add_typer(sandbox.sandbox_app, name="sandbox")
 
 

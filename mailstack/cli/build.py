@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -65,6 +65,11 @@ def deploy(
         on_rendered=lambda n: progress.line(f"rendered {n} files (kept for this run only; "
                                             "`mailstack render` shows them)"),
     )
+    show_result(result, check=check)
+
+
+def show_result(result: Any, *, check: bool = False) -> None:
+    """What a deploy did, host by host; a MailstackError when it failed."""
     for key in result.new_host_keys:
         typer.echo(f"first contact: trusted the host key {key}; compare it with your "
                    "provider's console (later changes are refused)")
@@ -77,6 +82,10 @@ def deploy(
     for host, st in sorted(result.hosts.items()):
         typer.echo(f"  {host}: ok={st.ok} changed={st.changed} failed={st.failed} "
                    f"unreachable={st.unreachable} skipped={st.skipped}")
+        # What changed, task by task (files placed, services reloaded): after an upgrade of
+        # mailstack, this is what the new version did to the server.
+        for change in result.changed_on(host):
+            typer.echo(f"    {'would change' if check else 'changed'}: {change.line()}")
     if not result.ok:
         details = [f"{host or 'ansible'}: {task}: {why}" if task else f"{host}: {why}"
                    for host, task, why in result.failures]

@@ -11,7 +11,10 @@ from mailstack.cli.common import opts
 from mailstack.errors import MailstackError
 
 if TYPE_CHECKING:
+    from mailstack.dnsquery import Server
     from mailstack.site.config import Relay
+    from mailstack.site.directory import Site
+    from mailstack.verify.health import DnsStatus, HostStatus
 
 
 def unlock(
@@ -69,25 +72,101 @@ def _still(data: dict) -> str:
     return f", {data['still_queued']} still queued" if data.get("still_queued") else ""
 
 
-def status(ctx: typer.Context) -> None:
-    """Per host: store locked/unlocked, services, queue size (and why mail waits), mail sealed
-    while locked."""
-    from mailstack.deploy.storage import status as run_status
+def status(
+    ctx: typer.Context,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON document (README).")
+                        ] = False,
+    host: Annotated[str | None, typer.Option(help="Only this inventory host.")] = None,
+    resolver: Annotated[str | None, typer.Option(
+        help="The resolver the DNS check asks, IP[:PORT] (default: this machine's).")] = None,
+    dns: Annotated[bool, typer.Option(
+        "--dns/--no-dns", help="Also compare the site's DNS with `mailstack dns`.")] = True,
+) -> None:
+    """Per host: the store (locked or not), services, the queue and its oldest message (and
+    why mail waits), disk and inodes of the store, the certificate's days left, bans, the
+    spam filter, the resolver, the DNS blocklists (working, listing this host), the last
+    backup; then the site's DNS. Exit 0 ok, 1 warning, 2 critical (for monitoring)."""
+    from mailstack.deploy.storage import statuses
+    from mailstack.dnsquery import parse_resolver
+    from mailstack.verify import health
 
-    site = opts(ctx).site()
-    filters = {dl.zone: dl.answers for dl in site.config.options.blocklists.lists}
-    for r in run_status(site):
-        store = r.data["storage"]
-        lock = ("LOCKED (run `mailstack unlock`)" if store["locked"] else
-                "unlocked" if store["encryption"] != "none" else "not encrypted")
-        services = ", ".join(f"{k} {v}" for k, v in r.data["services"].items())
-        sealed = f"sealed {r.data['sealed']}; " if "sealed" in r.data else ""
-        typer.echo(f"{r.host}: storage {store['encryption']} {lock}; queue {r.data['queue']}; "
-                   f"{sealed}{services}")
-        for line in queue_lines(r.data, site.config.options.relay):
-            typer.echo(f"  {line}")
-        for line in checks_lines(r.data, filters):
-            typer.echo(f"  {line}")
+    try:
+        site = opts(ctx).site()
+        options = site.config.options
+        server = parse_resolver(resolver) if resolver is not None else None
+        answers = statuses(site, host)  # each host's answer, or why there is none
+    except MailstackError as exc:
+        # Not even asked is no "warning" (exit 1) to a monitoring system: critical.
+        exc.exit_code = health.EXIT_CODES[health.CRITICAL]
+        raise
+    filters = {dl.zone: dl.answers for dl in options.blocklists.lists}
+    found = []
+    for name, answer in answers:
+        if isinstance(answer, MailstackError):
+            found.append(health.unreachable(name, str(answer).removeprefix(f"{name}: ")))
+        else:
+            found.append(health.judge_host(name, answer.data, options.monitoring, filters,
+                                           backup_configured=options.backup is not None))
+    dns_status = _dns_status(site, server) if dns else health.dns_skipped(
+        "DNS not checked (--no-dns)")
+    if json_out:
+        typer.echo(health.as_json(found, dns_status).rstrip("\n"))
+    else:
+        for h in found:
+            for line in host_lines(h, options.relay, filters):
+                typer.echo(line)
+        typer.echo(f"dns: {dns_status.finding.detail}{_flag(dns_status.finding.level)}")
+        typer.echo(health.summary(found, dns_status))
+    raise typer.Exit(health.exit_code(health.overall(found, dns_status)))
+
+
+def _dns_status(site: Site, server: Server | None) -> DnsStatus:
+    from mailstack.verify import health
+    from mailstack.verify.dns import check
+    from mailstack.verify.published import why_skipped
+
+    if note := why_skipped(site, server):
+        return health.dns_skipped(note)
+    try:
+        return health.judge_dns(check(site, server))
+    except MailstackError as exc:
+        return health.dns_failed(str(exc))
+
+
+def _flag(level: str) -> str:
+    return {"warning": "  [WARNING]", "critical": "  [CRITICAL]"}.get(level, "")
+
+
+# The findings that have lines of their own below the host's first line (the first line
+# shows the store and the services; checks_lines the bans, filter, resolver and lists).
+OWN_LINES = ("queue", "disk ", "certificate", "backup", "listed ")
+
+
+def host_lines(h: HostStatus, relay: Relay | None, filters: dict[str, str | None]
+               ) -> list[str]:
+    """`mailstack status`'s lines for one host: the first line as always (store, queue,
+    sealed, services), why mail waits, the answers, then each finding with a line of its
+    own, marked when it is a warning or critical."""
+    from mailstack.verify.health import worst
+
+    if h.error is not None:
+        return [f"{h.host}: UNREACHABLE: {h.error}  [CRITICAL]"]
+    data = h.data
+    store = data["storage"]
+    lock = ("LOCKED (run `mailstack unlock`)" if store["locked"] else
+            "unlocked" if store["encryption"] != "none" else "not encrypted")
+    services = ", ".join(f"{k} {v}" for k, v in data["services"].items())
+    sealed = f"sealed {data['sealed']}; " if "sealed" in data else ""
+    down = worst(f.level for f in h.findings
+                 if f.check == "storage" or f.check.startswith("service "))
+    lines = [f"{h.host}: storage {store['encryption']} {lock}; queue {data['queue']}; "
+             f"{sealed}{services}{_flag(down)}"]
+    lines += [f"  {line}" for line in queue_lines(data, relay)]
+    lines += [f"  {line}" for line in checks_lines(data, filters)]
+    for f in h.findings:
+        if f.check.startswith(OWN_LINES):
+            lines.append(f"  {f.check}: {f.detail}{_flag(f.level)}")
+    return lines
 
 
 def queue_lines(data: dict, relay: Relay | None = None) -> list[str]:

@@ -43,10 +43,45 @@ class HostStats:
     unreachable: int = 0
 
 
+@dataclass(frozen=True)
+class Change:
+    """One task that changed a host: its role ("" for the playbook's own tasks) and what it
+    changed where the module says (the paths placed, the loop items changed)."""
+
+    host: str
+    role: str
+    task: str
+    what: tuple[str, ...] = ()
+
+    def line(self, most: int = 4) -> str:
+        text = f"{self.role}: {self.task}" if self.role else self.task
+        if self.what:
+            shown = ", ".join(self.what[:most])
+            more = len(self.what) - most
+            text += f" ({shown}{f', and {more} more' if more > 0 else ''})"
+        return text
+
+
+def _what_changed(res: dict[str, Any]) -> tuple[str, ...]:
+    """The paths a mailstack_place task placed, or the label of each changed loop item;
+    nothing for a no_log task (its result is censored) or a module that says neither."""
+    if res.get("changed_paths"):
+        return tuple(str(p) for p in res["changed_paths"])
+    found = []
+    for item in res.get("results") or []:
+        if isinstance(item, dict) and item.get("changed"):
+            label = item.get("item")
+            if isinstance(label, dict):
+                label = next((label[k] for k in ("dest", "path", "name") if k in label), None)
+            if isinstance(label, str | int) and "\n" not in str(label):
+                found.append(str(label)[:80])
+    return tuple(found)
+
+
 @dataclass
 class DeployResult:
     hosts: dict[str, HostStats] = field(default_factory=dict)
-    changes: list[tuple[str, str]] = field(default_factory=list)  # (host, task)
+    changes: list[Change] = field(default_factory=list)
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # (host, task, why)
     diffs: list[tuple[str, str, str]] = field(default_factory=list)  # (host, task, diff)
     # What a task warned about without failing (the CA has not issued a certificate yet).
@@ -58,6 +93,9 @@ class DeployResult:
     @property
     def changed(self) -> int:
         return sum(s.changed for s in self.hosts.values())
+
+    def changed_on(self, host: str) -> list[Change]:
+        return [c for c in self.changes if c.host == host]
 
     @property
     def ok(self) -> bool:
@@ -108,6 +146,7 @@ class Events:
         data = event.get("event_data") or {}
         host = data.get("host", "")
         task = data.get("task", "")
+        role = data.get("role", "")
         res = data.get("res") or {}
         stats = self.result.hosts.setdefault(host, HostStats()) if host else None
         if kind == "playbook_on_task_start":
@@ -116,7 +155,7 @@ class Events:
             self.result.warnings += [(host, str(w)) for w in res.get("warnings") or []]
             if _changed(res, event):
                 stats.changed += 1
-                self.result.changes.append((host, task))
+                self.result.changes.append(Change(host, role, task, _what_changed(res)))
                 self.progress.result(host, "changed", task)
                 self._diff(host, task, res)
             else:

@@ -19,6 +19,9 @@ __all__ = ["NOT_INITIALIZED", "TOOL", "WRONG_PASSPHRASE", "ToolResult", "hosts",
            "tool_result"]
 
 
+STORAGE_MISSING = "the storage tool is not installed; run `mailstack deploy` first"
+
+
 @dataclass(frozen=True)
 class ToolResult:
     host: str
@@ -39,18 +42,21 @@ def hosts(site: Site, only: str | None) -> list[InventoryHost]:
 
 
 def run_tool(site: Site, host: InventoryHost, verb: str, *, stdin: str | None = None,
-             timeout: float = 120) -> ToolResult:
-    """Run `mailstack-storage VERB` on the host; its last stdout line is JSON."""
+             timeout: float = 120, tool: str = TOOL, missing: str = STORAGE_MISSING
+             ) -> ToolResult:
+    """Run `TOOL VERB` on the host (the storage tool unless told: the backup tool's runs go
+    through here too); its last stdout line is JSON. missing: the fix when it is not there."""
     try:
-        proc = subprocess.run(ssh_command(site, host, [TOOL, verb]), input=stdin,
+        proc = subprocess.run(ssh_command(site, host, [tool, verb]), input=stdin,
                               capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         raise MailstackError(f"{host.name}: no answer over SSH within {timeout:.0f} s") from None
-    return tool_result(host, verb, proc.returncode, proc.stdout, proc.stderr)
+    return tool_result(host, verb, proc.returncode, proc.stdout, proc.stderr, tool=tool,
+                       missing=missing)
 
 
-def tool_result(host: InventoryHost, verb: str, returncode: int, stdout: str, stderr: str
-                ) -> ToolResult:
+def tool_result(host: InventoryHost, verb: str, returncode: int, stdout: str, stderr: str, *,
+                tool: str = TOOL, missing: str = STORAGE_MISSING) -> ToolResult:
     """What one run of the tool over SSH came to: its JSON answer (whatever its exit code),
     or a MailstackError saying why there is none (SSH, a missing tool, garbage)."""
     lines = stdout.strip().splitlines()
@@ -66,9 +72,8 @@ def tool_result(host: InventoryHost, verb: str, returncode: int, stdout: str, st
     # 127/"No such file": the remote shell; "command not found": sudo (exit 1).
     if not data and (returncode == 127 or "No such file" in stderr
                      or "command not found" in stderr):
-        raise MailstackError(f"{host.name}: the storage tool is not installed; run "
-                             "`mailstack deploy` first")
+        raise MailstackError(f"{host.name}: {missing}")
     if not data:
-        raise MailstackError(f"{host.name}: {TOOL} {verb} failed (exit {returncode}): "
+        raise MailstackError(f"{host.name}: {tool} {verb} failed (exit {returncode}): "
                              f"{(stderr or stdout).strip()[-300:]}")
     return ToolResult(host.name, returncode, data)

@@ -49,6 +49,19 @@ def status(site: Site, host: str | None = None) -> list[ToolResult]:
     return [status_of(run_tool(site, h, "status", timeout=30)) for h in hosts(site, host)]
 
 
+def statuses(site: Site, host: str | None = None
+             ) -> list[tuple[str, ToolResult | MailstackError]]:
+    """Each host's status answer, or why there is none (unreachable, no tool): one host that
+    cannot be asked does not hide the others (`mailstack status` reports it as critical)."""
+    out: list[tuple[str, ToolResult | MailstackError]] = []
+    for h in hosts(site, host):
+        try:
+            out.append((h.name, status_of(run_tool(site, h, "status", timeout=60))))
+        except MailstackError as exc:
+            out.append((h.name, exc))
+    return out
+
+
 def status_of(result: ToolResult) -> ToolResult:
     """The tool's answer to `status`, or the MailstackError that explains its failure."""
     if not result.data.get("ok"):

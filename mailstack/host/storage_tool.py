@@ -5,16 +5,21 @@ storage role). Run by `mailstack unlock` / `mailstack status` over SSH, and by t
 
   mailstack-storage state            JSON: encryption, initialized, mounted, plain mail,
                                      mail still to migrate
-  mailstack-storage init             create the encrypted store (passphrase on stdin)
+  mailstack-storage init             create the encrypted store (passphrase on stdin), or
+                                     take the one a restore staged (mailstack-backup stage)
   mailstack-storage mount            mount it (passphrase on stdin), nothing else
   mailstack-storage unlock           mount it (passphrase on stdin), start Dovecot, hand
                                      the mail sealed while locked back to Postfix, flush
                                      the Postfix queue, report what was delivered
   mailstack-storage lock             stop Dovecot, unmount, let the sealer take Dovecot's
                                      LMTP socket and seal what waits in Postfix's queue
-  mailstack-storage status           JSON: store, services, queue size and why deferred mail
-                                     waits, the ban jails, whether the spam filter, the
-                                     resolver and the DNS lists answer
+  mailstack-storage status           JSON: store, services, queue size, its oldest message
+                                     and why deferred mail waits, the store's disk and
+                                     inode use, the certificate's end, the last backup, the
+                                     ban jails, whether the spam filter, the resolver and the
+                                     DNS lists answer, and whether they list this host
+  mailstack-storage metrics          the same, written for Prometheus' node-exporter
+                                     (textfile collector) to prometheus_file, atomically
   mailstack-storage unban            lift fail2ban's bans of one address (on stdin), or of
                                      every address ("all")
   mailstack-storage verify-login     set the verify mailbox's password hash (on stdin) for one
@@ -39,8 +44,10 @@ storage role sees to both), and a mountpoint its user owns (the rule for unprivi
 mounts).
 """
 
+import contextlib
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -177,11 +184,82 @@ def prepare_mountpoint(c):
     os.chmod(c["root"], 0o700)
 
 
+def staged_restore(c):
+    """The store a restore extracted and checked (mailstack-backup stage), or None."""
+    try:
+        with open(os.path.join(c["restore_dir"], "staged.json"), encoding="utf-8") as f:
+            staged = json.load(f)
+    except (OSError, ValueError, KeyError):
+        return None
+    tree = staged.get("tree") if isinstance(staged, dict) else None
+    if not isinstance(tree, str) or not tree.startswith(c["restore_dir"] + "/"):
+        return None
+    return staged
+
+
+def clean_marker(c):
+    return os.path.join(c["restore_dir"], "clean-indexes")
+
+
+def adopt_staged(c, staged):
+    """Put the restored cipher directory (and the mail sealed in it) where the store lives,
+    owned by the FUSE user, instead of a new, empty store. The store's files are only moved
+    (one file system), never rewritten."""
+    tree = staged["tree"]
+    src = os.path.join(tree, c["cipher_dir"].lstrip("/"))
+    marker = {"gocryptfs": "gocryptfs.conf", "encfs": ".encfs6.xml"}[c["encryption"]]
+    if not os.path.exists(os.path.join(src, marker)):
+        fail(f"the staged archive {staged.get('archive')} holds no {c['encryption']} store")
+    if os.path.isdir(c["cipher_dir"]):
+        if os.listdir(c["cipher_dir"]):
+            fail(f"{c['cipher_dir']} is not empty: a restore never writes over a store")
+        os.rmdir(c["cipher_dir"])
+    os.makedirs(os.path.dirname(c["cipher_dir"]), exist_ok=True)
+    os.rename(src, c["cipher_dir"])
+    prepare_cipher_dir(c)
+    sealed_src = os.path.join(tree, c["sealing"]["dir"].lstrip("/"))
+    if c["sealing"]["enabled"] and os.path.isdir(sealed_src):
+        dest = c["sealing"]["dir"]
+        os.makedirs(dest, mode=0o700, exist_ok=True)
+        st = os.stat(dest)
+        for name in os.listdir(sealed_src):
+            os.rename(os.path.join(sealed_src, name), os.path.join(dest, name))
+            os.lchown(os.path.join(dest, name), st.st_uid, st.st_gid)
+    # Dovecot's indexes may have been read half-written: made again after the mount.
+    with open(clean_marker(c), "w", encoding="utf-8") as f:
+        f.write(staged.get("archive", "") + "\n")
+    os.unlink(os.path.join(c["restore_dir"], "staged.json"))
+
+
+def clean_indexes(c):
+    """After the mount of a restored store, before Dovecot starts: delete Dovecot's index
+    files and the search indexes (Dovecot makes them again from the Maildir)."""
+    removed = 0
+    for dirpath, dirnames, filenames in os.walk(c["root"]):
+        for name in list(dirnames):
+            if name in c["index_dirs"]:
+                shutil.rmtree(os.path.join(dirpath, name))
+                dirnames.remove(name)
+                removed += 1
+        for name in filenames:
+            if name in c["index_names"]:
+                os.unlink(os.path.join(dirpath, name))
+                removed += 1
+    os.unlink(clean_marker(c))
+    return removed
+
+
 def cmd_init(c):
     if c["encryption"] == "none":
         fail("storage.encryption is none: nothing to initialise")
     if initialized(c):
         fail("the encrypted store is already initialised")
+    staged = staged_restore(c)
+    if staged:
+        passphrase()  # the deploy hands it over; the restored store has its own config
+        adopt_staged(c, staged)
+        print(json.dumps({"ok": True, "initialized": True, "restored": staged.get("archive")}))
+        return
     prepare_cipher_dir(c)
     secret = passphrase()
     if c["encryption"] == "gocryptfs":
@@ -211,6 +289,8 @@ def do_mount(c, secret):
         if wrong_passphrase(c["encryption"], proc.returncode, text):
             fail("wrong passphrase: the store stays locked", WRONG_PASSPHRASE)
         fail("mount failed: " + text)
+    if os.path.exists(clean_marker(c)):
+        clean_indexes(c)
 
 
 def sealer(c, verb):
@@ -385,7 +465,127 @@ def blocklist_answers(lists):
     return found
 
 
-def cmd_status(c):
+def queue_oldest(entries, now):
+    """Seconds since the oldest message in the queue arrived; None when it is empty."""
+    times = [e["arrival_time"] for e in entries
+             if isinstance(e.get("arrival_time"), (int, float))]
+    return max(int(now - min(times)), 0) if times else None
+
+
+def filesystem(path):
+    """Space and inodes of the filesystem holding path, as df counts them (the space root
+    keeps for itself counts as used)."""
+    try:
+        st = os.statvfs(path)
+    except OSError as exc:
+        return {"path": path, "error": exc.strerror or str(exc)}
+    used, free = st.f_blocks - st.f_bfree, st.f_bavail
+    inodes_used = st.f_files - st.f_ffree
+    return {"path": path, "size_bytes": st.f_blocks * st.f_frsize,
+            "free_bytes": free * st.f_frsize,
+            "used_percent": round(100 * used / (used + free), 1) if used + free else 0.0,
+            # Some filesystems (btrfs, some FUSE ones) count no inodes: None, not 0 %.
+            "inodes_used_percent": (round(100 * inodes_used / st.f_files, 1)
+                                    if st.f_files else None)}
+
+
+def filesystems(c, store):
+    """The store's filesystems: the mount as Dovecot sees it (while mounted, or the plain
+    directory without encryption) and the cipher directory's, where the bytes land."""
+    paths = []
+    if c["encryption"] == "none" or store["mounted"]:
+        paths.append(c["root"])
+    if c["encryption"] != "none":
+        paths.append(c["cipher_dir"])
+    return [filesystem(p) for p in paths]
+
+
+def certificate(path):
+    """The end of the certificate the services present (the installed file)."""
+    import calendar
+
+    proc = run(["openssl", "x509", "-noout", "-enddate", "-in", path])
+    text = proc.stdout.strip()
+    if proc.returncode != 0 or not text.startswith("notAfter="):
+        return {"path": path, "error": (proc.stderr.strip().splitlines() or
+                                        [f"openssl exit {proc.returncode}"])[-1]}
+    try:
+        not_after = calendar.timegm(time.strptime(text.split("=", 1)[1], "%b %d %H:%M:%S %Y GMT"))
+    except ValueError:
+        return {"path": path, "error": f"unreadable end date: {text}"}
+    return {"path": path, "not_after": not_after}
+
+
+def last_backup(path):
+    """The last successful backup as the backup service recorded it; recorded false when
+    there is none (no backup configured, or none finished yet)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return {"path": path, "recorded": False}
+    except (OSError, ValueError) as exc:
+        return {"path": path, "recorded": True, "error": f"unreadable: {exc}"}
+    finished = data.get("finished") if isinstance(data, dict) else None
+    if type(finished) is not int:
+        return {"path": path, "recorded": True, "error": "no finished time (unix seconds) in it"}
+    return {"path": path, "recorded": True, "finished": finished, "ok": data.get("ok") is True,
+            "archive": str(data.get("archive", ""))[:200]}
+
+
+def own_addresses(hostname):
+    """The addresses receivers see this host send from (lists list those): the source
+    address of the default routes, and the host name's addresses; loopback and link-local
+    aside (Debian's /etc/hosts names the host 127.0.1.1)."""
+    import ipaddress
+    import socket
+
+    found = set()
+    # A UDP socket "connected" to a documentation address sends nothing; the kernel only
+    # picks the source address its route would use.
+    for family, probe in ((socket.AF_INET, "192.0.2.1"), (socket.AF_INET6, "2001:db8::1")):
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as s:
+                s.connect((probe, 53))
+                found.add(s.getsockname()[0])
+        except OSError:
+            continue  # no route of that family
+    proc = run(["getent", "ahosts", hostname], timeout=15)
+    found.update(line.split()[0] for line in proc.stdout.splitlines() if line.strip())
+    kept = set()
+    for text in found:
+        try:
+            address = ipaddress.ip_address(text)
+        except ValueError:
+            continue
+        if not (address.is_loopback or address.is_link_local or address.is_unspecified):
+            kept.add(str(address))
+    return sorted(kept)
+
+
+def listings(addresses, lists):
+    """What each DNS blocklist answers for each of the host's addresses (not listed, or the
+    answers, which the controller judges against the list's filter)."""
+    import ipaddress
+
+    found = {}
+    for dl in lists:
+        per_address = {}
+        for address in addresses:
+            reverse = ipaddress.ip_address(address).reverse_pointer
+            name = reverse.rsplit(".", 2)[0] + "." + dl["zone"]
+            proc = run(["getent", "ahostsv4", name], timeout=15)
+            if proc.returncode == 0:
+                per_address[address] = {"answers": sorted({line.split()[0] for line in
+                                                           proc.stdout.splitlines() if line.strip()})}
+            else:
+                per_address[address] = {"error": "not listed" if proc.returncode == 2
+                                        else (proc.stderr.strip() or f"exit {proc.returncode}")}
+        found[dl["zone"]] = per_address
+    return found
+
+
+def status_data(c):
     services = {s: run(["systemctl", "is-active", s]).stdout.strip() for s in c["services"]}
     checks = {"jails": jails()}
     if c.get("spam_controller"):
@@ -395,11 +595,98 @@ def cmd_status(c):
         checks["resolver"] = answers(["getent", "ahosts", c["hostname"]])
     if c.get("blocklists"):
         checks["blocklists"] = blocklist_answers(c["blocklists"])
+        if c.get("hostname"):
+            checks["listed"] = listings(own_addresses(c["hostname"]), c["blocklists"])
     if c["encryption"] != "none":
         checks["sealed"] = sealed_count(c)
+    if c.get("tls_cert"):
+        checks["certificate"] = certificate(c["tls_cert"])
+    if c.get("backup_state"):
+        checks["backup"] = last_backup(c["backup_state"])
+    now = time.time()
+    store = state(c)
     entries = queue_entries()
-    print(json.dumps({"ok": True, "storage": state(c), "services": services,
-                      "queue": len(entries), "deferred": deferred_reasons(entries), **checks}))
+    return {"ok": True, "time": int(now), "storage": store, "services": services,
+            "queue": len(entries), "queue_oldest": queue_oldest(entries, now),
+            "deferred": deferred_reasons(entries), "filesystems": filesystems(c, store),
+            **checks}
+
+
+def cmd_status(c):
+    print(json.dumps(status_data(c)))
+
+
+def label(value):
+    """A Prometheus label value: backslash, double quote and newline escaped."""
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def metrics(data):
+    """The status as Prometheus' text format (node-exporter's textfile collector)."""
+    out = []
+
+    def metric(name, help_text, samples):
+        out.append(f"# HELP {name} {help_text}")
+        out.append(f"# TYPE {name} gauge")
+        for labels, value in samples:
+            shown = ",".join(f'{k}="{label(v)}"' for k, v in labels.items())
+            out.append(f"{name}{{{shown}}} {value}" if shown else f"{name} {value}")
+
+    store = data["storage"]
+    metric("mailstack_status_timestamp_seconds", "When mailstack-storage metrics ran.",
+           [({}, data["time"])])
+    metric("mailstack_store_locked", "1 while the encrypted store is locked (mail is sealed).",
+           [({}, int(store["locked"]))])
+    metric("mailstack_service_up", "1 when the unit is active.",
+           [({"unit": u}, int(v == "active")) for u, v in sorted(data["services"].items())])
+    metric("mailstack_queue_messages", "Messages in Postfix's queue.", [({}, data["queue"])])
+    metric("mailstack_queue_oldest_seconds", "Age of the oldest queued message (0: empty).",
+           [({}, data["queue_oldest"] or 0)])
+    if "sealed" in data:
+        metric("mailstack_sealed_messages", "Mail sealed while the store was locked.",
+               [({}, data["sealed"])])
+    fs = [f for f in data["filesystems"] if "error" not in f]
+    metric("mailstack_filesystem_used_ratio", "Space used on the store's filesystems.",
+           [({"path": f["path"]}, round(f["used_percent"] / 100, 4)) for f in fs])
+    metric("mailstack_filesystem_inodes_used_ratio", "Inodes used on the store's filesystems.",
+           [({"path": f["path"]}, round(f["inodes_used_percent"] / 100, 4)) for f in fs
+            if f["inodes_used_percent"] is not None])
+    cert = data.get("certificate") or {}
+    if "not_after" in cert:
+        metric("mailstack_cert_expiry_seconds", "Seconds until the certificate expires.",
+               [({}, cert["not_after"] - data["time"])])
+    backup = data.get("backup") or {}
+    if backup.get("ok"):
+        metric("mailstack_backup_last_success_timestamp",
+               "When the last successful backup finished.", [({}, backup["finished"])])
+    if data.get("jails") is not None:
+        metric("mailstack_fail2ban_banned", "Addresses a jail bans now.",
+               [({"jail": j}, n or 0) for j, n in sorted(data["jails"].items())])
+    for key, name in (("spam_filter", "mailstack_spam_filter_up"),
+                      ("resolver", "mailstack_resolver_up")):
+        if key in data:
+            metric(name, "1 when it answers.", [({}, int(data[key] == "ok"))])
+    return "\n".join(out) + "\n"
+
+
+def cmd_metrics(c):
+    """Write the metrics next to their final name and rename: node-exporter never reads a
+    half-written file."""
+    path = c.get("prometheus_file")
+    if not path:
+        fail(f"{CONF} names no prometheus_file: run `mailstack deploy`")
+    text = metrics(status_data(c))
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        fail(f"cannot write {path}: {exc}")
+    print(json.dumps({"ok": True, "written": path, "bytes": len(text.encode())}))
 
 
 def sealed_count(c):
@@ -461,7 +748,7 @@ def main():
         print(__doc__)
         sys.exit(ERROR)
     verb = sys.argv[1]
-    if verb not in ("state", "init", "unlock", "mount", "lock", "status", "unban",
+    if verb not in ("state", "init", "unlock", "mount", "lock", "status", "metrics", "unban",
                     "verify-login"):
         fail("unknown command " + verb)
     try:
@@ -480,6 +767,8 @@ def main():
         cmd_lock(c)
     elif verb == "status":
         cmd_status(c)
+    elif verb == "metrics":
+        cmd_metrics(c)
     elif verb == "unban":
         cmd_unban(c)
     elif verb == "verify-login":

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 from typing import Any
+from urllib.parse import quote
 
 from mailstack.errors import ConfigError
-from mailstack.host import acme, sealer, storage_tool
+from mailstack.host import acme, backup_tool, sealer, storage_tool
 from mailstack.site.config import RESERVED_LOCAL_PART, SiteConfig, duration_seconds
 from mailstack.site.inventory import InventoryHost
 from mailstack.site.tls import CERTIFICATE as TLS_CERTIFICATE
@@ -55,6 +56,59 @@ WEB_NAME_PREFIXES = ("mta-sts", "autoconfig", "autodiscover")
 ACME = {"confdir": "/etc/mailstack/acme", "webroot": "/var/lib/mailstack/acme",
         "renew_days": 30, "service_unit": "mailstack-acme.service",
         "timer_unit": "mailstack-acme.timer"}
+# Full-text search: Dovecot's FTS with Xapian (dovecot-fts-xapian from APT_BACKPORTS). Its
+# index sits in each mailbox's INDEX directory (~/Maildir/xapian-indexes), on the store like
+# the mail itself.
+FTS = {
+    # Search words of 3 characters or more (the plugin's default).
+    "partial": 3,
+    # The plugin writes its batch to disk as soon as the host has less memory available
+    # than this (its default, written down): indexing never pushes the services into swap.
+    "lowmemory_mib": 300,
+    # The indexer's address-space cap: Xapian's batch, ICU's tables and the plugin's threads,
+    # with room (its README asks for 2G; Dovecot's default 256M is too little).
+    "indexer_vsz_limit": "1G",
+    "index_dir": "xapian-indexes",
+    # `doveadm fts optimize -A` every night: merges each index's segments and drops what
+    # expunged mail left in it.
+    "optimize_service": "mailstack-fts-optimize.service",
+    "optimize_timer": "mailstack-fts-optimize.timer",
+    # Its package, from APT_BACKPORTS (the dovecot role installs it).
+    "package": "dovecot-fts-xapian",
+}
+# Debian packages apt takes from bookworm-backports, pinned one by one: every other package
+# stays bookworm's. dovecot-fts-xapian: bookworm's 1.5.5 indexed 12 messages/s into an
+# index 7 times the size of the mail; the backport (1.9.1) 168/s into 0.65 times on the
+# encrypted store (bench/search.py, README "Full-text search").
+APT_BACKPORTS = {"suite": "bookworm-backports", "uri": "http://deb.debian.org/debian",
+                 "packages": [FTS["package"]]}
+# Push: IMAP IDLE (README "Push"). Dovecot learns of new mail through inotify on the
+# mailbox's files, which fires on the encrypted store's FUSE mount too (LMTP writes through
+# the same kernel: tests/e2e/test_push.py measures it).
+IMAP_IDLE = {
+    # A connection in IDLE this long moves from its own imap process into the one
+    # imap-hibernate process, which holds every idle client for a fraction of the memory.
+    "hibernate_timeout": "30s",
+    # "* OK Still here" to an idle client this often (Dovecot's default, written down):
+    # NAT routers and mobile networks drop connections that stay silent much longer.
+    "notify_interval": "2 mins",
+    # Connections per user and client address (Dovecot's default is 10): a household or an
+    # office behind one NAT address, each device with a connection per watched folder.
+    "max_userip_connections": 50,
+    # imap-login: each process serves many connections (TLS for all of them), instead of
+    # one process per connection (1.4 MiB each, and no more than 100 of them).
+    "login_clients": 1000,
+    "login_processes": 2,
+    # Address space for a thousand TLS sessions (Dovecot's advice for this mode).
+    "login_vsz_limit": "1G",
+}
+# The kernel's inotify limits (etc/sysctl.d): every IDLE client, hibernated or not, holds
+# an inotify instance of the mail user's (one uid for all mailboxes), and the kernel's
+# default of 128 per user would send the 129th into 30-second polling. Watches: the
+# kernel's ceiling for its own default (it never lowers it; memory is taken only by
+# watches in use, about 3 per IDLE client).
+INOTIFY_LIMITS = {"file": "/etc/sysctl.d/60-mailstack-inotify.conf",
+                  "max_user_instances": 8192, "max_user_watches": 1048576}
 # Outbound MTA-STS (RFC 8461): postfix-mta-sts-resolver answers Postfix's policy lookups
 # (socketmap) from the policies it fetches and caches.
 MTA_STS_RESOLVER = {"service": "postfix-mta-sts-resolver", "conf_file": "/etc/mta-sts-daemon.yml",
@@ -133,10 +187,70 @@ RATE_DELAY_FAILED_COHORT_LIMIT = 10
 POSTFIX_INSTANCE_UNIT = "postfix@-"
 # fail2ban's repeat-offender jail: banned that often within a day, banned for a week.
 RECIDIVE = {"max_failures": 5, "find_time": "1d", "ban_time": "1w"}
+# options.monitoring.prometheus: Debian's prometheus-node-exporter, listening on loopback
+# only (scraped through an SSH tunnel, or by a Prometheus on the host: port 9100 never
+# faces the internet), its textfile collector reading the file `mailstack-storage metrics`
+# writes every minute (started by metrics_timer).
+PROMETHEUS = {"service": "prometheus-node-exporter",
+              "defaults_file": "/etc/default/prometheus-node-exporter",
+              "listen": "127.0.0.1:9100",
+              "textfile_dir": "/var/lib/prometheus/node-exporter",
+              "textfile": "/var/lib/prometheus/node-exporter/mailstack.prom",
+              "metrics_service": "mailstack-metrics.service",
+              "metrics_timer": "mailstack-metrics.timer"}
+# Groupware (options.groupware): SOGo's sogod on loopback behind nginx, its own database
+# and account, memcached on a unix socket only the sogo group may use. Few workers: each
+# costs memory, and an ActiveSync device holds one for the length of its Ping.
+SOGO = {"service": "sogo", "user": "sogo", "group": "sogo", "conf_file": "/etc/sogo/sogo.conf",
+        "defaults_file": "/etc/default/sogo",
+        # Where Debian's unit has sogod write its log (-WOLogFile): fail2ban reads it.
+        "log_file": "/var/log/sogo/sogo.log",
+        "port": 20000, "workers": 3, "db_name": "sogo", "db_user": "mailstack_sogo",
+        # The accounts SOGo may read: a view of the enabled mailboxes (see schema.sql).
+        "users_view": "sogo_users",
+        # ActiveSync Ping/Sync: held open up to 9 minutes (below nginx's read timeout), the
+        # mailbox looked at every 10 s meanwhile (SOGo's push is that poll: new mail reaches
+        # a phone within about that); the watchdog lets such a request live.
+        "ping_seconds": 540, "sync_poll_seconds": 10, "watchdog_minutes": 10,
+        "memcached": {"service": "memcached", "conf_file": "/etc/memcached.conf",
+                      "socket": "/run/memcached/memcached.sock", "group": "memcache",
+                      "max_mib": 32},
+        "paths": {"webmail": "/SOGo", "activesync": "/Microsoft-Server-ActiveSync"}}
 # Services that must never run without the mounted store, and those `mailstack status` shows.
 STORE_BOUND_SERVICES = ["dovecot"]
 STATUS_SERVICES = ["postfix", "dovecot", "opendkim", "mariadb", "rspamd", "redis-server",
                    "unbound"]
+
+
+# Backups (options.backup): borgbackup over SSH to the target, run by mailstack-backup (the
+# host tool, mailstack/host/backup_tool.py) from a timer and from `mailstack backup now`.
+# `mailstack status` reads the state file a successful run writes: {"finished": unix time,
+# "archive": its name, "ok": true, ...}.
+BACKUP_STATE_FILE = "/var/lib/mailstack/backup/last.json"
+BACKUP = {
+    "tool": backup_tool.PATH,
+    "conf_file": backup_tool.CONF,
+    # The secrets' directory (root only): the repository's passphrase, the SSH key.
+    "dir": "/etc/mailstack/backup",
+    "passphrase_file": "/etc/mailstack/backup/passphrase",
+    "key_file": "/etc/mailstack/backup/id_ed25519",
+    "known_hosts": "/etc/mailstack/backup/known_hosts",
+    "state_file": BACKUP_STATE_FILE,
+    # borg's cache and its per-repository security data.
+    "base_dir": "/var/lib/mailstack/backup/borg",
+    # A restore extracts here first (each chunk checked) before anything is replaced.
+    "staging_dir": "/var/lib/mailstack/restore",
+    "service": "mailstack-backup.service",
+    "timer": "mailstack-backup.timer",
+    "check_service": "mailstack-backup-check.service",
+    "check_timer": "mailstack-backup-check.timer",
+    # zstd, where it helps: the store is ciphertext, which does not compress, and borg's
+    # auto mode skips chunks a quick lz4 trial finds incompressible.
+    "compression": "auto,zstd,3",
+    # rspamd's learned data (Bayes statistics, fuzzy hashes, reputation) live in Redis,
+    # which writes them to this file (SAVE, just before each run).
+    "redis_dump": "/var/lib/redis/dump.rdb",
+}
 
 
 def systemd_mount_unit(path: str) -> str:
@@ -247,8 +361,68 @@ def mail_ports(cfg: SiteConfig) -> dict[str, int]:
     return {**MAIL_PORTS, **({"pop3s": POP3S_PORT} if cfg.options.pop3 else {})}
 
 
+def backup_context(cfg: SiteConfig, secrets: Any) -> dict[str, Any]:
+    """options.backup: what the host tool and the timers need (the secrets from the vault,
+    where `mailstack backup init` made them). What is backed up: the store as the host has
+    it at rest (the cipher directory; the clear directory only without encryption), the
+    mail sealed while it is locked, rspamd's learned data."""
+    backup = cfg.options.backup
+    if backup is None:
+        return {"enabled": False, **BACKUP}
+    from mailstack.site.backup import backup_secrets, repository_url
+
+    vault = backup_secrets(secrets.site)
+    encrypted = cfg.options.storage.encryption != "none"
+    store = VMAIL["root"] + ".crypt" if encrypted else VMAIL["root"]
+    return {
+        "enabled": True,
+        **BACKUP,
+        "repository": repository_url(backup),
+        "target_host": backup.host,
+        "target_port": backup.port,
+        # Archives are named after the site's host name (not the machine's): a restored
+        # host carries on the same series, and prune keeps to it.
+        "prefix": cfg.hostname,
+        "paths": [store, sealer.SEALED_DIR, BACKUP["redis_dump"]],
+        "store": store,
+        "retention": backup.retention.model_dump(),
+        "schedule": backup.schedule,
+        "check_schedule": backup.check_schedule,
+        "passphrase": vault["passphrase"],
+        "ssh_key": vault["ssh_key"],
+        "known_host_lines": list(vault["known_hosts"]),
+    }
+
+
 def verify_address(cfg: SiteConfig) -> str:
     return f"{VERIFY_LOCAL_PART}@{cfg.primary_domain}"
+
+
+def groupware_context(cfg: SiteConfig, site_secrets: dict[str, Any]) -> dict[str, Any]:
+    """SOGo's settings (options.groupware): its database URLs carry its account's password,
+    URL-encoded; mail, submission and Sieve on loopback (TLS, the certificate names the host,
+    not 127.0.0.1: SOGo's allowInsecureLocalhost accepts it there only)."""
+    facts = {"enabled": cfg.options.groupware, **SOGO,
+             "memcached": dict(SOGO["memcached"]), "paths": dict(SOGO["paths"])}
+    if not cfg.options.groupware:
+        return facts
+    password = (site_secrets.get("mariadb") or {}).get("sogo_password")
+    if not isinstance(password, str) or not password:
+        raise ConfigError(
+            "options.groupware is on but secrets/site.yml has no mariadb.sogo_password (the "
+            "site is older than options.groupware): run `mailstack groupware secret` to add it")
+    db = f"mysql://{SOGO['db_user']}:{quote(password, safe='')}@127.0.0.1:3306"
+    verify = "tlsVerifyMode=allowInsecureLocalhost"
+    return {
+        **facts,
+        "db_password": password,
+        "db_url": f"{db}/{SOGO['db_name']}",
+        "users_url": f"{db}/{DB_NAME}/{SOGO['users_view']}",
+        "imap_url": f"imaps://127.0.0.1:{MAIL_PORTS['imaps']}/?{verify}",
+        "smtp_url": f"smtp://127.0.0.1:{MAIL_PORTS['submission']}/?tls=YES&{verify}",
+        "sieve_url": f"sieve://127.0.0.1:{MAIL_PORTS['sieve']}/?tls=YES&{verify}",
+        "mail_domain": cfg.primary_domain,
+    }
 
 
 def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[str, Any]:
@@ -288,9 +462,14 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
         "quota_bytes": 10 * 1024**2,
     })
     antivirus = antivirus_context(cfg)
+    groupware = groupware_context(cfg, site_secrets)
     ports = mail_ports(cfg)
     status_services = [*STATUS_SERVICES,
-                       *([CLAMAV["daemon_unit"].removesuffix(".service")] if antivirus["enabled"] else [])]
+                       *([CLAMAV["daemon_unit"].removesuffix(".service")] if antivirus["enabled"] else []),
+                       *([SOGO["service"], SOGO["memcached"]["service"]] if groupware["enabled"] else [])]
+    # SOGo shows mail (from Dovecot) and keeps calendars: while the store is locked it must
+    # not run either (its pages would show an empty mailbox, its devices would sync one).
+    bound_services = [*STORE_BOUND_SERVICES, *([SOGO["service"]] if groupware["enabled"] else [])]
     return {
         "managed_header": MANAGED_HEADER,
         "host": {"name": host.name, "hostname": cfg.hostname, "ssh_port": host.ssh_port,
@@ -367,6 +546,12 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
             "sieve_pipe_dir": SIEVE_PIPE_DIR,
         },
         "antivirus": antivirus,
+        "monitoring": {"prometheus": cfg.options.monitoring.prometheus, **PROMETHEUS,
+                       "backup_state": BACKUP_STATE_FILE},
+        "groupware": groupware,
+        "fts": dict(FTS),
+        "imap_idle": dict(IMAP_IDLE),
+        "inotify": dict(INOTIFY_LIMITS),
         "mail": {
             "domains": domains,
             # Postfix's form: virtual_mailbox_domains, and the SQL tables' `domain` filter.
@@ -429,9 +614,17 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
             "tool": storage_tool.PATH,
             "conf_file": storage_tool.CONF,
             "lmtp_socket": f"{POSTFIX_QUEUE_DIR}/{LMTP_SOCKET}",
-            "bound_services": list(STORE_BOUND_SERVICES),
+            "bound_services": bound_services,
             "status_services": status_services,
             "postfix_queue_dir": POSTFIX_QUEUE_DIR,
+            # A restore's archive, extracted and checked by mailstack-backup: the store's
+            # first `init` on a new host takes it instead of making an empty one.
+            "restore_dir": BACKUP["staging_dir"],
+            # Dovecot's index files and the search indexes, made again after a restore.
+            "index_names": ["dovecot.index", "dovecot.index.log", "dovecot.index.log.2",
+                            "dovecot.index.cache", "dovecot.list.index",
+                            "dovecot.list.index.log", "dovecot.list.index.log.2"],
+            "index_dirs": [FTS["index_dir"]],
             # Mail at rest while the store is locked: sealed to the store's public key by
             # mailstack-sealer, which systemd runs on Dovecot's LMTP socket while Dovecot is
             # stopped (see mailstack/host/sealer.py).
@@ -452,6 +645,7 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
                 "policy_socket": f"{POSTFIX_QUEUE_DIR}/{QUOTA['policy_socket']}",
             },
         },
+        "backup": backup_context(cfg, secrets),
         "accounts": {
             "domains": domains,
             "mailboxes": sorted(mailboxes, key=lambda m: m["address"]),
@@ -491,6 +685,9 @@ def host_vars(context: dict[str, Any]) -> dict[str, Any]:
         "mailstack_sieve_dirs": [SIEVE_DIR, SIEVE_PIPE_DIR],
         "mailstack_quota_warning_script": QUOTA["warning_script"],
         "mailstack_pop3": context["pop3"]["enabled"],
+        "mailstack_apt_backports": dict(APT_BACKPORTS),
+        "mailstack_fts": {k: context["fts"][k] for k in ("optimize_service", "optimize_timer", "package")},
+        "mailstack_inotify_limits": dict(context["inotify"]),
         "mailstack_spam_group": context["spam"]["group"],
         "mailstack_spam_user": RSPAMD["user"],
         # The directories of the milters' sockets, which the rspamd and opendkim roles make.
@@ -501,7 +698,16 @@ def host_vars(context: dict[str, Any]) -> dict[str, Any]:
         "mailstack_antivirus": {k: context["antivirus"][k] for k in (
             "enabled", "socket", "database_dir", "user", "daemon_unit", "socket_unit",
             "updater_unit", "min_available_mib", "rspamd_files")},
+        "mailstack_monitoring": {k: context["monitoring"][k] for k in (
+            "prometheus", "service", "defaults_file", "textfile_dir", "metrics_service",
+            "metrics_timer")},
+        "mailstack_groupware": {k: context["groupware"][k] for k in (
+            "enabled", "service", "user", "group", "conf_file", "defaults_file", "port",
+            "memcached")},
         "mailstack_storage": {k: storage[k] for k in (
             "encryption", "root", "cipher_dir", "mount_unit", "tool", "conf_file",
             "bound_services", "sealing")},
+        "mailstack_backup": {k: context["backup"][k] for k in (
+            "enabled", "tool", "conf_file", "dir", "passphrase_file", "key_file", "known_hosts",
+            "base_dir", "staging_dir", "service", "timer", "check_service", "check_timer")},
     }

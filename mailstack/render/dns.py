@@ -20,7 +20,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mailstack.render.context import MAIL_PORTS, POP3S_PORT, WEB_NAME_PREFIXES, mta_sts_policy
+from mailstack.render.context import (
+    MAIL_PORTS,
+    POP3S_PORT,
+    SOGO,
+    WEB,
+    WEB_NAME_PREFIXES,
+    mta_sts_policy,
+)
 from mailstack.site.config import SiteConfig
 from mailstack.site.inventory import InventoryHost
 from mailstack.site.secrets import dkim_public_key
@@ -56,6 +63,12 @@ SRV_SERVICES = (
 )
 # With options.pop3: POP3 over TLS on 995 (plain POP3 stays not offered).
 POP3S_SERVICE = ("_pop3s._tcp", POP3S_PORT, "mail clients: POP3 over TLS (options.pop3)")
+# RFC 6764, with options.groupware: calendar and contacts clients find SOGo's DAV over
+# HTTPS from the domain (the TXT record names the path); never plain HTTP.
+DAV_SERVICES = (("_caldavs._tcp", "calendar clients: CalDAV over HTTPS (RFC 6764)"),
+                ("_carddavs._tcp", "contacts clients: CardDAV over HTTPS (RFC 6764)"))
+DAV_PLAIN = ("_caldav._tcp", "_carddav._tcp")
+DAV_PATH = SOGO["paths"]["webmail"] + "/dav/"
 WEB_NOTES = {"mta-sts": "serves the MTA-STS policy over HTTPS",
              "autoconfig": "Thunderbird's automatic set-up",
              "autodiscover": "Outlook's automatic set-up"}
@@ -138,7 +151,20 @@ def records(cfg: SiteConfig, dkim: dict[str, dict[str, str]], hosts: list[Invent
                 service, port, note = POP3S_SERVICE
             value = f"0 1 {port} {host}" if port else "0 0 0 ."
             out.append(Record(f"{service}.{d}", "SRV", value, kind="srv", note=note))
+        if cfg.options.groupware:
+            out += _dav(d, host)
     return out + ptr
+
+
+def _dav(d: str, host: str) -> list[Record]:
+    out = []
+    for service, note in DAV_SERVICES:
+        out.append(Record(f"{service}.{d}", "SRV", f"0 1 {WEB['https_port']} {host}",
+                          kind="srv", note=note))
+        out.append(Record(f"{service}.{d}", "TXT", f"path={DAV_PATH}", kind="dav-path"))
+    out += [Record(f"{service}.{d}", "SRV", "0 0 0 .", kind="srv",
+                   note="not offered (DAV only over HTTPS)") for service in DAV_PLAIN]
+    return out
 
 
 def _spf(cfg: SiteConfig, domain: str) -> Record:

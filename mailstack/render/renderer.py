@@ -18,7 +18,7 @@ import jinja2
 import yaml
 
 from mailstack.files import write_atomic
-from mailstack.host import acme, sealer, storage_tool
+from mailstack.host import acme, backup_tool, sealer, storage_tool
 from mailstack.render.context import build_context, host_vars
 from mailstack.resources import resource_dir
 from mailstack.site.config import SiteConfig
@@ -29,6 +29,7 @@ HOST_VARS_FILE = "mailstack_vars.yml"
 STORAGE_TOOL_FILE = PurePosixPath(storage_tool.PATH.lstrip("/"))
 SEALER_FILE = PurePosixPath(sealer.PATH.lstrip("/"))
 ACME_TOOL_FILE = PurePosixPath(acme.PATH.lstrip("/"))
+BACKUP_TOOL_FILE = PurePosixPath(backup_tool.PATH.lstrip("/"))
 # The sealer's units exist only with an encrypted store.
 SEALER_PREFIXES = ("etc/systemd/system/mailstack-seal",)
 
@@ -43,6 +44,9 @@ SECRET_FILES = {
     "etc/mailstack/db-users.sql",
     "etc/mailstack/accounts.sql",
     "etc/mailstack/tls/privkey.pem",
+    "etc/mailstack/backup/passphrase",
+    "etc/mailstack/backup/id_ed25519",
+    "etc/sogo/sogo.conf",
 }
 
 
@@ -92,6 +96,13 @@ ANTIVIRUS_PREFIXES = ("etc/clamav/", "etc/systemd/system/clamav-daemon.")
 # certificate itself only when it comes from the vault (files).
 ACME_PREFIXES = ("etc/mailstack/acme.json", "etc/systemd/system/mailstack-acme.")
 IMPORTED_CERTIFICATE = "etc/mailstack/tls/fullchain.pem"
+# Files that exist only with options.monitoring.prometheus: the exporter's settings, the
+# metrics service and its timer.
+MONITORING_PREFIXES = ("etc/default/prometheus-node-exporter", "etc/systemd/system/mailstack-metrics.")
+# Files that exist only with backups (options.backup).
+BACKUP_PREFIXES = ("etc/mailstack/backup", "etc/systemd/system/mailstack-backup")
+# Files that exist only with the groupware (options.groupware): SOGo's and its cache's.
+GROUPWARE_PREFIXES = ("etc/sogo/", "etc/default/sogo", "etc/memcached.conf")
 
 
 def _wanted(target: str, context: dict[str, Any]) -> bool:
@@ -102,6 +113,12 @@ def _wanted(target: str, context: dict[str, Any]) -> bool:
         return context["tls"]["acme"]["enabled"]
     if target == IMPORTED_CERTIFICATE:
         return context["tls"]["chain"] is not None
+    if target.startswith(MONITORING_PREFIXES):
+        return context["monitoring"]["prometheus"]
+    if target.startswith(BACKUP_PREFIXES):
+        return context["backup"]["enabled"]
+    if target.startswith(GROUPWARE_PREFIXES):
+        return context["groupware"]["enabled"]
     if target.startswith(SEALER_PREFIXES):
         return context["storage"]["sealing"]["enabled"]
     if target.startswith(ANTIVIRUS_PREFIXES) or f"/{target}" in context["antivirus"]["rspamd_files"]:
@@ -118,6 +135,8 @@ def render_host(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> list[Rend
         files.append(RenderedFile(SEALER_FILE, Path(sealer.__file__).read_text(), False))
     if context["tls"]["acme"]["enabled"]:
         files.append(RenderedFile(ACME_TOOL_FILE, Path(acme.__file__).read_text(), False))
+    if context["backup"]["enabled"]:
+        files.append(RenderedFile(BACKUP_TOOL_FILE, Path(backup_tool.__file__).read_text(), False))
     for name in sorted(env.list_templates(filter_func=lambda n: n.endswith(".j2"))):
         target = PurePosixPath(name.removesuffix(".j2"))
         if not _wanted(str(target), context):

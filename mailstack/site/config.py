@@ -477,7 +477,158 @@ class DnsUpdate(_Strict):
 
 # Virus scanning: none, or ClamAV's clamd asked by rspamd for every message. Off by default:
 # clamd with the full signature database holds about 1-1.3 GiB of RAM.
+class DurationLevels(_Strict):
+    """A duration past which `mailstack status` warns (exit 1), and past which it is critical
+    (exit 2)."""
+
+    warning: Duration
+    critical: Duration
+
+    @model_validator(mode="after")
+    def _in_order(self) -> DurationLevels:
+        if duration_seconds(self.warning) >= duration_seconds(self.critical):
+            raise ValueError("warning must be shorter than critical")
+        return self
+
+
+class PercentLevels(_Strict):
+    """A use in percent above which `mailstack status` warns, and above which it is critical."""
+
+    warning: Annotated[int, Field(ge=1, le=100)]
+    critical: Annotated[int, Field(ge=1, le=100)]
+
+    @model_validator(mode="after")
+    def _in_order(self) -> PercentLevels:
+        if self.warning >= self.critical:
+            raise ValueError("warning must be below critical")
+        return self
+
+
+class DaysLeft(_Strict):
+    """Days left below which `mailstack status` warns, and below which it is critical."""
+
+    warning: Annotated[int, Field(ge=1, le=3650)]
+    critical: Annotated[int, Field(ge=0, le=3650)]
+
+    @model_validator(mode="after")
+    def _in_order(self) -> DaysLeft:
+        if self.warning <= self.critical:
+            raise ValueError("warning must be more days than critical")
+        return self
+
+
+class Monitoring(_Strict):
+    """`mailstack status`: what it calls a warning (exit 1) or critical (exit 2). prometheus:
+    the host also writes its status for Prometheus' node-exporter every minute (textfile
+    collector; the exporter listens on loopback only)."""
+
+    prometheus: bool = False
+    certificate_days: DaysLeft = DaysLeft(warning=14, critical=3)
+    # The oldest message in Postfix's queue.
+    queue_age: DurationLevels = DurationLevels(warning="1h", critical="1d")
+    # Space and inodes of the store's filesystem.
+    disk_percent: PercentLevels = PercentLevels(warning=85, critical=95)
+    # The last successful backup (only once one was recorded).
+    backup_age: DurationLevels = DurationLevels(warning="26h", critical="3d")
+
+
 Antivirus = Literal["none", "clamav"]
+
+
+_SSH_TARGET = re.compile(r"([a-z_][a-z0-9_-]{0,31})@(\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9.-]{1,253})"
+                         r"(?::(\d{1,5}))?")
+_REPO_PATH = re.compile(r"[A-Za-z0-9_~/][A-Za-z0-9._/-]{0,254}")
+_WEEKDAYS = r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
+# systemd OnCalendar, conservatively: a keyword, or optional weekdays and a daily time.
+_CALENDAR = re.compile(rf"(?:hourly|daily|weekly|monthly|(?:{_WEEKDAYS}(?:[,.]{{1,2}}{_WEEKDAYS})* )?"
+                       r"\*-\*-\* (?:[01]\d|2[0-3]):[0-5]\d(?::[0-5]\d)?)")
+
+
+def split_ssh_target(target: str) -> tuple[str, str, int]:
+    """(user, host, port) of a valid options.backup.target (port 22 unless given)."""
+    match = _SSH_TARGET.fullmatch(target)
+    assert match is not None, target
+    return match.group(1), match.group(2).strip("[]"), int(match.group(3) or 22)
+
+
+def _ssh_target(value: Any) -> str:
+    text = value if isinstance(value, str) else ""
+    match = _SSH_TARGET.fullmatch(text)
+    if not match:
+        raise ValueError("must be an SSH target like borg@backup.example.org or "
+                         "borg@[2001:db8::1]:2222 (user@host[:port])")
+    host = match.group(2)
+    if host.startswith("["):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise ValueError(f"has {host}, which is not an IPv6 address") from None
+    else:
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            if problem := domain_problem(host.lower()):
+                raise ValueError(f"has a host name that {problem}") from None
+    if match.group(3) and not 1 <= int(match.group(3)) <= 65535:
+        raise ValueError(f"port {match.group(3)} is not between 1 and 65535")
+    return text
+
+
+def _repo_path(value: Any) -> str:
+    """The repository's path on the target: it reaches borg's argv and the authorized_keys
+    line (--restrict-to-path), so a plain path only."""
+    text = value if isinstance(value, str) else ""
+    if not _REPO_PATH.fullmatch(text) or ".." in text.split("/") or text.startswith("~/.."):
+        raise ValueError("must be a path like mailstack/mail.example.org (relative to the "
+                         "target user's home) or /srv/borg/mail: letters, digits, . _ - / "
+                         "only, no ..")
+    return text.rstrip("/") or text
+
+
+def _calendar(value: Any) -> str:
+    text = value.strip() if isinstance(value, str) else ""
+    if not _CALENDAR.fullmatch(text):
+        raise ValueError("must be a systemd calendar time like daily, *-*-* 02:40 or "
+                         "Sun *-*-* 04:10 (weekdays, then a time of day)")
+    return text
+
+
+class Retention(_Strict):
+    """Archives kept after each run (borg prune): the last of each day, week, month."""
+
+    keep_daily: Annotated[int, Field(ge=1, le=3660)] = 7
+    keep_weekly: Annotated[int, Field(ge=0, le=520)] = 4
+    keep_monthly: Annotated[int, Field(ge=0, le=240)] = 6
+
+
+class Backup(_Strict):
+    """Encrypted backups with borgbackup over SSH (`mailstack backup init` makes the key and
+    the passphrase, into the vault). What is on the host and cannot be made again from the
+    site: the encrypted store (as ciphertext), the mail sealed while it is locked, rspamd's
+    learned data."""
+
+    # user@host[:port] of a machine with borg (a second server, a storage box).
+    target: Annotated[str, BeforeValidator(_ssh_target)]
+    # The repository on it: relative to the user's home, or absolute.
+    path: Annotated[str, BeforeValidator(_repo_path)]
+    retention: Retention = Retention()
+    # When it runs (systemd OnCalendar; a random delay of up to 30 minutes is added).
+    schedule: Annotated[str, BeforeValidator(_calendar)] = "*-*-* 02:40"
+    # When `borg check` reads the repository back (its segments and archives; every chunk
+    # decrypted and verified too: `mailstack backup check --verify-data`, by hand).
+    check_schedule: Annotated[str, BeforeValidator(_calendar)] = "Sun *-*-* 04:10"
+
+    @property
+    def user(self) -> str:
+        return split_ssh_target(self.target)[0]
+
+    @property
+    def host(self) -> str:
+        return split_ssh_target(self.target)[1]
+
+    @property
+    def port(self) -> int:
+        return split_ssh_target(self.target)[2]
 
 
 class Options(_Strict):
@@ -495,8 +646,14 @@ class Options(_Strict):
     antivirus: Antivirus = "none"
     # POP3 for clients that download and delete: Dovecot's pop3 on 995, TLS only (no 110).
     pop3: bool = False
+    # Webmail, calendars and contacts (CalDAV/CardDAV) and Exchange ActiveSync: SOGo behind
+    # nginx, with the same accounts. Off by default (README: about 65 MiB more memory idle,
+    # and its data is not on the encrypted store yet).
+    groupware: bool = False
     tls: Tls = Tls()
     dns_update: DnsUpdate | None = None
+    monitoring: Monitoring = Monitoring()
+    backup: Backup | None = None
 
 
 class User(_Strict):

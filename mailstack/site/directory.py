@@ -298,6 +298,12 @@ options:
   # POP3 over TLS on port 995 (never plain POP3 on 110), opened in the firewall.
   pop3: false
 
+  # Webmail, calendars and contacts (CalDAV/CardDAV) and Exchange ActiveSync (push on
+  # phones' own mail apps): true adds SOGo on https://HOSTNAME/SOGo/ with the same
+  # accounts. About 65 MiB more memory; its calendars are not on the encrypted store yet
+  # (README: Webmail, calendars, contacts, ActiveSync).
+  groupware: false
+
   # The certificate of SMTP, IMAP and the web names (MTA-STS policy, client autoconfig).
   # acme: from Let's Encrypt (or acme_directory) for the host name and each domain's
   # mta-sts., autoconfig. and autodiscover. names (publish `mailstack dns` first), renewed
@@ -314,6 +320,24 @@ options:
   # fills this in ({{key_name, algorithm, server, zones}}; server: default each zone's
   # primary from its SOA; zones: default as DNS says). null: publish them yourself.
   dns_update: null
+
+  # `mailstack status` (exit 0 ok, 1 warning, 2 critical, for monitoring): the certificate's
+  # days left, the age of the oldest queued message, the store's disk and inode use, the
+  # age of the last backup, each {{warning, critical}}. prometheus: true installs
+  # prometheus-node-exporter (listening on 127.0.0.1:9100 only) and writes the same facts
+  # for it every minute.
+  monitoring:
+    prometheus: false
+    certificate_days: {{warning: 14, critical: 3}}
+    queue_age: {{warning: 1h, critical: 1d}}
+    disk_percent: {{warning: 85, critical: 95}}
+    backup_age: {{warning: 26h, critical: 3d}}
+  # Encrypted backups with borg over SSH (README "Backups and restore"): target
+  # user@host[:port] (any machine with borg), path: the repository there; retention
+  # ({{keep_daily: 7, keep_weekly: 4, keep_monthly: 6}}), schedule and check_schedule
+  # (systemd calendar times). `mailstack backup init` then makes the key and the
+  # passphrase (into the vault). null: no backups.
+  backup: null
 """
 
 

@@ -51,7 +51,9 @@ _RSPAMD_HASH = re.compile(rf"\$1\${_Z32}{{32}}\${_Z32}{{52}}")
 
 def generated_site_secrets() -> dict[str, Any]:
     return {
-        "mariadb": {"postfix_password": new_password(), "dovecot_password": new_password()},
+        "mariadb": {"postfix_password": new_password(), "dovecot_password": new_password(),
+                    # SOGo's database account (options.groupware).
+                    "sogo_password": new_password()},
         "storage_passphrase": new_password(),
         "relay_password": None,
     }

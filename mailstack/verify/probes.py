@@ -31,6 +31,8 @@ class Target:
     domain: str  # the site's primary domain
     dkim_keys: dict[str, dict[str, Any]]
     pop3: bool = False  # options.pop3: POP3 over TLS on 995
+    hostname: str = ""  # the site's host name (nginx serves the groupware for it)
+    groupware: bool = False  # options.groupware: webmail and ActiveSync on 443
 
 
 # --- listening: every service answers, with TLS where it must ------------------------------

@@ -1,8 +1,11 @@
 """The round trip of `mailstack verify`: the verification mailbox submits a message on 587
-and on 465, reads each back over IMAPS, checks its DKIM signature, and deletes it."""
+and on 465 while a second session waits in IMAP IDLE, reads each back over IMAPS, checks
+its DKIM signature and that search finds it, and deletes it."""
 
 from __future__ import annotations
 
+import email
+import email.policy
 import imaplib
 import ssl
 import time
@@ -15,11 +18,17 @@ from typing import TYPE_CHECKING
 from mailstack.verify.clients import HELO_NAME, imaps, smtp
 from mailstack.verify.dkim import check_signature
 from mailstack.verify.probes import Target
+from mailstack.verify.push import IdleWatch
 
 if TYPE_CHECKING:
     from mailstack.verify.run import Recorder
 
 DELIVERY_WAIT = 60.0
+
+
+def search_word(token: str) -> str:
+    """A word in the message's body alone: SEARCH BODY for it must find the message."""
+    return f"verify{token[:12]}"
 
 
 def message(t: Target, token: str) -> EmailMessage:
@@ -29,7 +38,8 @@ def message(t: Target, token: str) -> EmailMessage:
     msg["Subject"] = f"mailstack verify {token}"
     msg["Date"] = formatdate(localtime=False)
     msg["Message-ID"] = make_msgid(domain=t.domain)
-    msg.set_content(f"Round trip check {token}.\nIf you can read this, delete it.\n")
+    msg.set_content(f"Round trip check {token}.\nSearch word: {search_word(token)}.\n"
+                    "If you can read this, delete it.\n")
     return msg
 
 
@@ -51,17 +61,31 @@ def hides_client(raw: bytes) -> tuple[bool, str]:
 
 
 def take_message(imap: imaplib.IMAP4_SSL, token: str) -> bytes | None:
-    """The message whose subject carries token, marked deleted; None if not (yet) there."""
+    """The message whose subject carries token, marked deleted; None if not (yet) there.
+    SEARCH SUBJECT is answered by the full-text index, which matches words and may find more
+    than asked (README, "Full-text search"), so each candidate's subject is checked before it is taken."""
     imap.select("INBOX")
     _, data = imap.search(None, "SUBJECT", f'"{token}"')
-    ids = data[0].split() if data and data[0] else []
-    if not ids:
-        return None
-    _, fetched = imap.fetch(ids[0], "(BODY.PEEK[])")
-    raw = fetched[0][1] if fetched and isinstance(fetched[0], tuple) else None
-    for msg_id in ids:
-        imap.store(msg_id, "+FLAGS", "\\Deleted")
-    return raw
+    taken = None
+    for msg_id in data[0].split() if data and data[0] else []:
+        _, fetched = imap.fetch(msg_id, "(BODY.PEEK[])")
+        raw = fetched[0][1] if fetched and isinstance(fetched[0], tuple) else b""
+        if token in str(email.message_from_bytes(raw, policy=email.policy.default)["Subject"]):
+            imap.store(msg_id, "+FLAGS", "\\Deleted")
+            taken = taken or raw
+    return taken
+
+
+def found_by_search(imap: imaplib.IMAP4_SSL, token: str) -> tuple[bool, str]:
+    """The full-text index (Dovecot FTS, fts_enforced: no scan behind it) finds the
+    message by a word of its body."""
+    word = search_word(token)
+    imap.select("INBOX")
+    typ, data = imap.search(None, "BODY", f'"{word}"')
+    found = data[0].split() if typ == "OK" and data and data[0] else []
+    if typ != "OK":
+        return False, f"SEARCH BODY refused: {data}"
+    return len(found) == 1, f"SEARCH BODY {word} found {len(found)} message(s)"
 
 
 def wait_for(imap: imaplib.IMAP4_SSL, token: str) -> bytes | None:
@@ -74,10 +98,29 @@ def wait_for(imap: imaplib.IMAP4_SSL, token: str) -> bytes | None:
     return None
 
 
+def start_idle(t: Target, rec: Recorder) -> IdleWatch | None:
+    try:
+        return IdleWatch.start(t.address, t.user, t.password)
+    except (OSError, ssl.SSLError, imaplib.IMAP4.error) as exc:
+        rec.record("IMAP IDLE tells of new mail (push)", False, f"{type(exc).__name__}: {exc}")
+        return None
+
+
 def round_trip(t: Target, rec: Recorder) -> None:
     tokens = {587: uuid.uuid4().hex, 465: uuid.uuid4().hex}
-    submitted = {p: rec.attempt(f"submission on {p} (AUTH as {t.user})",
-                                lambda p=p: submit(t, p, tokens[p])) for p in tokens}
+    idle = start_idle(t, rec)
+    try:
+        first = rec.attempt(f"submission on 587 (AUTH as {t.user})",
+                            lambda: submit(t, 587, tokens[587]))
+        handed_over = time.monotonic()  # the server's 250 for the message
+        if idle is not None and first:
+            rec.attempt("IMAP IDLE tells of new mail (push)",
+                        lambda: idle.wait_exists(handed_over))
+    finally:
+        if idle is not None:
+            idle.close()
+    submitted = {587: first, 465: rec.attempt(f"submission on 465 (AUTH as {t.user})",
+                                              lambda: submit(t, 465, tokens[465]))}
     try:
         imap = imaps(t.address)
     except (OSError, ssl.SSLError) as exc:
@@ -100,6 +143,8 @@ def round_trip(t: Target, rec: Recorder) -> None:
                         lambda raw=raw: hides_client(raw))
             rec.attempt(f"message from {port} DKIM-signed and valid",
                         lambda raw=raw: check_signature(raw, t.dkim_keys))
+            rec.attempt(f"message from {port} found by full-text search",
+                        lambda token=token: found_by_search(imap, token))
         imap.expunge()
     except imaplib.IMAP4.error as exc:
         rec.record("IMAPS login", False, str(exc))

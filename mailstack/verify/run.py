@@ -25,6 +25,7 @@ from mailstack.verify.probes import Probe, Target
 from mailstack.verify.published import dns_checks
 from mailstack.verify.report import Check
 from mailstack.verify.roundtrip import round_trip
+from mailstack.verify.webapps import groupware
 
 
 class Recorder:
@@ -52,7 +53,8 @@ def target(site: Site, host: InventoryHost, password: str) -> Target:
     cfg = site.config
     return Target(host=host.name, address=host.address, user=verify_address(cfg),
                   password=password, domain=cfg.primary_domain, dkim_keys=site.secrets.dkim,
-                  pop3=cfg.options.pop3)
+                  pop3=cfg.options.pop3, hostname=cfg.hostname,
+                  groupware=cfg.options.groupware)
 
 
 def cert_target(site: Site, host: InventoryHost) -> certificate.CertTarget:
@@ -66,7 +68,7 @@ def cert_target(site: Site, host: InventoryHost) -> certificate.CertTarget:
 def probe_host(t: Target, c: certificate.CertTarget, rec: Recorder) -> None:
     for name, probe in [*probes.listening(t), *certificate.certificate(c),
                         *probes.authentication(t), *probes.logins(t), *probes.refusals(t),
-                        *probes.filtering(t)]:
+                        *probes.filtering(t), *groupware(t)]:
         rec.attempt(name, probe)
     round_trip(t, rec)
     # Last: a failed login makes Dovecot delay this client's next logins (auth penalty).

@@ -4,6 +4,7 @@ clients talking to the deployed host."""
 from __future__ import annotations
 
 import email
+import email.policy
 import email.utils
 import imaplib
 import os
@@ -34,6 +35,22 @@ def mailstack(site: Path | None, *args: str, input: str | None = None,
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
     return subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout,
                           env=env, check=False)
+
+
+Cli = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def installed_mailstack(venv: Path) -> Cli:
+    """mailstack() for the `mailstack` of another install (an older release in its own
+    virtualenv): the same arguments, run the same way."""
+    def run(site: Path | None, *args: str, input: str | None = None,
+            timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        cmd = [str(venv / "bin" / "mailstack"), *(["--site", str(site)] if site else []), *args]
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("ANSIBLE_", "PYTHON", "VIRTUAL_ENV"))}
+        return subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout,
+                              env=env, check=False)
+    return run
 
 
 def tls_context() -> ssl.SSLContext:
@@ -67,21 +84,28 @@ def imap_subjects(ip: str, user: str) -> list[str]:
 
 
 def fetch(ip: str, user: str, subject: str, folder: str = "INBOX", timeout: float = 30) -> list[bytes]:
-    """Every message with this subject in the folder (waits for at least one)."""
-    return fetch_matching(ip, user, ("SUBJECT", f'"{subject}"'), folder, timeout)
+    """Every message whose subject contains this text in the folder (waits for at least one).
+    The server's SEARCH SUBJECT is answered by the full-text index, which matches words, not
+    the substring IMAP asks for (README, "Full-text search"): it finds the candidates, and the subject
+    itself is checked here."""
+    def has_subject(raw: bytes) -> bool:
+        return subject in str(email.message_from_bytes(raw, policy=email.policy.default)["Subject"])
+    return fetch_matching(ip, user, ("SUBJECT", f'"{subject}"'), folder, timeout, has_subject)
 
 
 def fetch_matching(ip: str, user: str, criteria: Sequence[str], folder: str = "INBOX",
-                   timeout: float = 30) -> list[bytes]:
-    """Every message an IMAP SEARCH with these criteria finds in the folder, whole (waits for
-    at least one)."""
+                   timeout: float = 30,
+                   keep: Callable[[bytes], bool] = lambda raw: True) -> list[bytes]:
+    """Every message an IMAP SEARCH with these criteria finds in the folder and keep accepts,
+    whole (waits for at least one)."""
     deadline = time.monotonic() + timeout
     while True:
         imap = imap_login(ip, user)
         try:
             imap.select(folder)
             _, data = imap.search(None, *criteria)
-            found = [imap.fetch(n, "(BODY.PEEK[])")[1][0][1] for n in data[0].split()]
+            found = [raw for n in data[0].split()
+                     if keep(raw := imap.fetch(n, "(BODY.PEEK[])")[1][0][1])]
         finally:
             imap.logout()
         if found or time.monotonic() > deadline:
@@ -162,13 +186,14 @@ class SiteSpec:
 @contextmanager
 def hosts_in_a_box(what: str, specs: Sequence[SiteSpec], *,
                    before_deploy: Callable[[list[BoxedHost]], None] = lambda beds: None,
-                   signed: tuple[str, ...] = (),
+                   signed: tuple[str, ...] = (), cli: Cli = mailstack,
                    ) -> Iterator[list[BoxedHost]]:
     """Stack-image hosts, one per spec, and the box, on a network of their own; each site is
     made with `mailstack init`, gets a self-signed certificate, is changed by its edits,
     resolves through the box and has its users. before_deploy sees them all (to publish
     their records, say), then they are deployed, at once. Everything is removed afterwards,
-    also on failure. signed: the box's DNSSEC-signed zones."""
+    also on failure. signed: the box's DNSSEC-signed zones. cli: the mailstack that makes,
+    fills and deploys the sites (an older release's, installed_mailstack)."""
     tag = secrets.token_hex(3)
     network = f"mailstack-e2e-{what}-{tag}"
     # One host keeps the network's name; several are told apart by their domain.
@@ -182,34 +207,39 @@ def hosts_in_a_box(what: str, specs: Sequence[SiteSpec], *,
                  for name, spec in zip(names, specs, strict=True)]
         with testbed.Internet(network, prefix=f"mailstack-inet-{what}-{tag}",
                               signed=signed) as internet:
-            beds = [_new_site(spec, host, internet, key) for spec, host in zip(specs, hosts, strict=True)]
+            beds = [_new_site(spec, host, internet, key, cli)
+                    for spec, host in zip(specs, hosts, strict=True)]
             before_deploy(beds)
             # Each deploy is a subprocess of its own (its site, its SSH connections): together
             # they take the time of the slowest.
             with ThreadPoolExecutor(len(beds)) as pool:
-                for bed, done in zip(beds, pool.map(lambda b: mailstack(b.site, "deploy"), beds),
+                for bed, done in zip(beds, pool.map(lambda b: cli(b.site, "deploy"), beds),
                                      strict=True):
                     bed.deployed = done
             for bed in beds:
                 assert bed.deployed.returncode == 0, bed.deployed.stdout + bed.deployed.stderr
             yield beds
     finally:
-        for name in names:
+        # The hosts, and any other a test started on the network named after it (NETWORK-…).
+        others = testbed.docker("ps", "-a", "--filter", f"name=^{network}-", "--format",
+                                "{{.Names}}", check=False).stdout.split()
+        for name in dict.fromkeys([*names, *others]):
             testbed.remove_host(name)
         testbed.remove_network(network)
 
 
-def _new_site(spec: SiteSpec, host: testbed.Host, internet: testbed.Internet, key: Path) -> BoxedHost:
+def _new_site(spec: SiteSpec, host: testbed.Host, internet: testbed.Internet, key: Path,
+              cli: Cli) -> BoxedHost:
     """`mailstack init` for the host, as a test-bed site (self-signed, resolving through the
     box), then the spec's edits and users."""
-    init = mailstack(None, "init", str(spec.site), "--domain", spec.domain, "--hostname",
+    init = cli(None, "init", str(spec.site), "--domain", spec.domain, "--hostname",
                      spec.hostname, "--host", host.ip, "--ssh-key", str(key))
     assert init.returncode == 0, init.stderr
     testbed.self_signed_site(spec.site)
     edit_config(spec.site, *spec.edits)
     testbed.set_site_resolver(spec.site, internet.resolver_ip, dnssec=False)
     for user in spec.users:
-        assert mailstack(spec.site, "user", "add", user, "--password-stdin",
+        assert cli(spec.site, "user", "add", user, "--password-stdin",
                          input=PASSWORD + "\n").returncode == 0
     return BoxedHost(host.name, host.ip, internet, spec.site)
 
@@ -218,11 +248,11 @@ def _new_site(spec: SiteSpec, host: testbed.Host, internet: testbed.Internet, ke
 def host_in_a_box(what: str, site: Path, domain: str, users: Sequence[str], *,
                   edits: Sequence[tuple[str, str]] = (), cap_add: tuple[str, ...] = (),
                   before_deploy: Callable[[BoxedHost], None] = lambda bed: None,
-                  signed: tuple[str, ...] = (),
+                  signed: tuple[str, ...] = (), cli: Cli = mailstack,
                   ) -> Iterator[BoxedHost]:
     """One host in a box (hosts_in_a_box): mail.DOMAIN with the site made at `site`.
     signed: the box's DNSSEC-signed zones (before_deploy may give their trust anchors to the
     site)."""
-    with hosts_in_a_box(what, [SiteSpec(site, domain, users, edits, cap_add)], signed=signed,
+    with hosts_in_a_box(what, [SiteSpec(site, domain, users, edits, cap_add)], signed=signed, cli=cli,
                         before_deploy=lambda beds: before_deploy(beds[0])) as (bed,):
         yield bed

@@ -212,7 +212,11 @@ def test_a_deploy_after_that_changes_nothing(bed):
     again = bed.deploy()
     assert again.returncode == 0, again.stdout + again.stderr
     assert "no changes" in again.stdout, again.stdout
-    assert "warning:" not in again.stderr, again.stderr
+    # No certificate warning (the CA issues now). What the container itself lacks (the
+    # firewall, bans, the kernel's inotify limits of the machine) is said on every deploy.
+    about_acme = [line for line in again.stderr.splitlines() if line.startswith("warning:")
+                  and "CAP_NET_ADMIN" not in line and "fs.inotify" not in line]
+    assert not about_acme, again.stderr
 
 
 def test_a_renewal_is_served_on_every_port_without_a_human(bed, site_key_spki):

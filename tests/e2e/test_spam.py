@@ -179,6 +179,9 @@ def test_verify_checks_the_host_over_ssh(bed) -> None:
     assert not jails["passed"] and "CAP_NET_ADMIN" in jails["detail"], jails
     assert [n for n, c in checks.items() if not c["passed"]] == ["brute-force ban jails active"]
     assert result.returncode != 0
+    # The deploy said so too, as warnings the user sees (not debug lines shown nowhere).
+    assert "no brute-force bans: this container lacks CAP_NET_ADMIN" in bed.deployed.stderr
+    assert "no firewall loaded: this container lacks CAP_NET_ADMIN" in bed.deployed.stderr
 
 
 # The first tests that connect from the outside sender: postscreen remembers a client that

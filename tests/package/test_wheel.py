@@ -93,11 +93,16 @@ def test_the_installed_cli_runs_every_command(venv, tmp_path):
     assert "_domainkey.example.net" in mailstack(*site, "dns").stdout
     # The parts that need the server: each says it cannot reach it, cleanly (exit 1).
     # (verify too: it sets the verify mailbox's one-time password over SSH first.)
-    for command in (["deploy"], ["status"], ["unlock"], ["lock"], ["verify"], ["unban", "--all"]):
+    for command in (["deploy"], ["unlock"], ["lock"], ["verify"], ["unban", "--all"]):
         result = mailstack(*site, *command, ok=False)
         assert result.returncode == 1, (command, result.stdout, result.stderr)
         assert "127.0.0.1" in result.stdout + result.stderr, (command, result.stderr)
         assert "Traceback" not in result.stderr, result.stderr
+    # status is a monitoring check: a host it cannot ask is critical (exit 2), said on stdout.
+    status = mailstack(*site, "status", "--no-dns", ok=False)
+    assert status.returncode == 2, (status.stdout, status.stderr)
+    assert "UNREACHABLE: cannot reach root@127.0.0.1" in status.stdout, status.stdout
+    assert "Traceback" not in status.stderr, status.stderr
     # Every module imports with what the wheel declared (lazy imports included).
     probe = run(bin_dir / "python", "-c",
                 "import dkim, ansible_runner, argon2, ansible.parsing.vault, pkgutil, importlib, "

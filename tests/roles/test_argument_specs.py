@@ -23,7 +23,7 @@ ONLY_ALWAYS = "mailstack-no-such-tag"
 # refer to them.
 RENDERED_FACTS = REPO / "tests" / "golden" / HOST / "mailstack_vars.yml"
 ROLES = ("common", "resolver", "tls", "web", "mta_sts", "mariadb", "opendkim", "rspamd", "storage",
-         "dovecot", "postfix", "fail2ban", "clamav")
+         "dovecot", "postfix", "fail2ban", "clamav", "monitoring", "backup", "sogo")
 
 
 def _ansible_playbook() -> str:
@@ -172,7 +172,9 @@ def test_role_defaults_repeat_no_rendered_fact(role: str) -> None:
 
     # Names that are also package or unit names (gocryptfs, dovecot) may appear as such.
     shared_names = {facts["mailstack_storage"]["encryption"], *facts["mailstack_storage"]["bound_services"],
-                    facts["mailstack_web"]["service"], facts["mailstack_mta_sts"]["service"]}
+                    facts["mailstack_web"]["service"], facts["mailstack_mta_sts"]["service"],
+                    facts["mailstack_monitoring"]["service"], facts["mailstack_groupware"]["service"],
+                    facts["mailstack_groupware"]["memcached"]["service"]}
     # A yes/no (mailstack_bans_enabled) is no fact a default could repeat.
     rendered = {v for v in leaves(facts) if v not in shared_names and not isinstance(v, bool)}
     text = (REPO / "roles" / role / "defaults" / "main.yml").read_text()

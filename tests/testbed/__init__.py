@@ -101,6 +101,7 @@ STACK_PACKAGES: tuple[str, ...] = (
     "nftables",
     "systemd-timesyncd",
     "unattended-upgrades",
+    "needrestart",
     "swaks",
     "ca-certificates",
     "openssl",
@@ -112,11 +113,17 @@ STACK_PACKAGES: tuple[str, ...] = (
     "dovecot-sieve",
     "dovecot-managesieved",
     "dovecot-pop3d",
+    "dovecot-fts-xapian",
     "clamav-daemon",
     "clamav-freshclam",
     "nginx",
     "uacme",
     "postfix-mta-sts-resolver",
+    "prometheus-node-exporter",
+    "borgbackup",
+    "sogo",
+    "sogo-activesync",
+    "memcached",
 )
 # Off until a deploy configures them, as every service the roles start: Debian's defaults
 # enable an sshd jail reading /var/log/auth.log, which these hosts (no rsyslog) lack;
@@ -125,9 +132,34 @@ STACK_PACKAGES: tuple[str, ...] = (
 # reaches no mirror from here, and a test that turns the scanner on seeds its own.
 STACK_SETUP: tuple[str, ...] = (
     "systemctl disable --now --quiet fail2ban unbound redis-server nginx postfix-mta-sts-resolver",
+    # options.monitoring.prometheus (off by default) turns it on.
+    "systemctl disable --now --quiet prometheus-node-exporter",
+    # What its recommended collectors pulled into the image (the monitoring role installs
+    # it without them): units that fail in a container without NVMe or IPMI hardware.
+    "apt-get purge -y -q nvme-cli openipmi || true",
     "systemctl disable --now --quiet clamav-freshclam clamav-daemon.socket clamav-daemon",
+    "systemctl disable --now --quiet sogo memcached",
     "find /var/lib/clamav -mindepth 1 -delete",
 )
+
+
+def apt_backports_files() -> dict[str, str]:
+    """The backports source and pin the common role places (its templates, the rendered
+    facts' APT_BACKPORTS): the image takes the same packages from backports as a deploy."""
+    import jinja2
+
+    from mailstack.render.context import APT_BACKPORTS
+    from mailstack.resources import resource_dir
+
+    root = resource_dir("roles") / "common" / "templates"
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(root)), keep_trailing_newline=True,
+                             undefined=jinja2.StrictUndefined)
+    return {f"/{name.removesuffix('.j2')}": env.get_template(name).render(
+                common__apt_backports=APT_BACKPORTS)
+            for name in ("etc/apt/sources.list.d/mailstack-backports.list.j2",
+                         "etc/apt/preferences.d/mailstack-backports.j2")}
+
+
 # Postfix asks a question at install time; "No configuration" leaves main.cf to us.
 STACK_DEBCONF = "postfix postfix/main_mailer_type select No configuration\n"
 # ssl-cert (pulled in by postfix/dovecot-core) makes a "snakeoil" key and cert at
@@ -177,13 +209,15 @@ def stack_image_tag(base: str | None = None) -> str:
     """The tag stack_image() builds for a given base tag."""
     base = base or base_image_tag()
     key = {"base": base, "packages": list(STACK_PACKAGES), "debconf": STACK_DEBCONF,
+           "apt_files": apt_backports_files(),
            "snakeoil_unit": SNAKEOIL_UNIT, "setup": list(STACK_SETUP),
            "version": STACK_RECIPE_VERSION}
     return f"{STACK_REPO}:{short_hash(key)}"
 
 
 def build_image(base: str, tag: str, packages: Sequence[str], *, what: str,
-                debconf: str = "", setup: Sequence[str] = ()) -> None:
+                debconf: str = "", setup: Sequence[str] = (),
+                apt_files: dict[str, str] | None = None) -> None:
     """Install packages in a booted base container, run the setup shell commands, commit it.
 
     Installed under a running systemd (not in a Dockerfile RUN) so maintainer
@@ -201,6 +235,8 @@ def build_image(base: str, tag: str, packages: Sequence[str], *, what: str,
         start_host(name, base, hostname=f"{what}-build.mailstack.test")
         if debconf:
             exec_in(name, ["debconf-set-selections"], input=debconf)
+        for path, content in (apt_files or {}).items():
+            exec_in(name, ["sh", "-c", 'cat > "$1"', "sh", path], input=content)
         apt_env = ["env", "DEBIAN_FRONTEND=noninteractive"]
         _exec_logged(name, [*apt_env, "apt-get", "update"], "apt-get update in the build container")
         _exec_logged(name, [*apt_env, "apt-get", "install", "-y", *packages],
@@ -243,7 +279,8 @@ def stack_image() -> str:
     base = base_image()
     tag = stack_image_tag(base)
     return cached_image(tag, lambda: build_image(base, tag, STACK_PACKAGES, what="stack",
-                                                 debconf=STACK_DEBCONF, setup=STACK_SETUP))
+                                                 debconf=STACK_DEBCONF, setup=STACK_SETUP,
+                                                 apt_files=apt_backports_files()))
 
 
 def set_site_resolver(site: Path, ip: str, *, dnssec: bool = True) -> None:

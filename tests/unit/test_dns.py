@@ -108,6 +108,21 @@ def test_with_pop3_the_srv_record_names_pop3s_and_plain_pop3_stays_not_offered(c
     assert srv["_imap._tcp.example.org."] == "0 0 0 ."
 
 
+def test_with_the_groupware_dav_clients_find_sogo_over_https_only(cli):
+    """RFC 6764: SRV and a TXT path for CalDAV and CardDAV over HTTPS; the plain ones are
+    "not offered". Without the option there are none."""
+    assert not [r for r in _records(cli) if "dav" in r["name"]]
+    path = cli.site / "mailstack.yml"
+    path.write_text(path.read_text().replace("  groupware: false", "  groupware: true"))
+    records = _records(cli)
+    srv, txt = _by_name(records, "SRV"), _by_name(records, "TXT")
+    for service in ("_caldavs._tcp", "_carddavs._tcp"):
+        assert srv[f"{service}.example.org."] == "0 1 443 mail.example.org."
+        assert txt[f"{service}.example.org."] == "path=/SOGo/dav/"
+    for service in ("_caldav._tcp", "_carddav._tcp"):
+        assert srv[f"{service}.example.org."] == "0 0 0 ."
+
+
 def test_tlsa_names_the_vault_key_and_a_site_without_one_gets_a_note(cli):
     from mailstack.site.tls import tlsa_311
 

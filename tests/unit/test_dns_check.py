@@ -185,6 +185,16 @@ def test_every_record_as_printed_is_ok(runner, site, server):
                for w in report.warnings)
 
 
+def test_with_the_groupware_the_dav_records_as_printed_are_ok(runner, site, server):
+    path = site / "mailstack.yml"
+    path.write_text(path.read_text().replace("  groupware: false", "  groupware: true"))
+    items = dns_json(runner, site)
+    assert any(i["name"].startswith("_caldavs._tcp.") and i["type"] == "TXT" for i in items)
+    publish(server, items)
+    report = run_check(site, server)
+    assert {r.status for r in report.results} == {"ok"}, table(report)
+
+
 def test_different_and_missing_are_shown_with_both_values_and_fail_when_required(runner, site, server):
     items = dns_json(runner, site)
     publish(server, items, skip={f"_dmarc.{DOMAIN}.", f"_mta-sts.{DOMAIN}."}, replace={

@@ -66,3 +66,27 @@ def test_the_test_bed_is_not_in_the_package():
     assert not list(PACKAGE.rglob("testbed*")), "the test bed belongs in tests/testbed"
     for path in PACKAGE.rglob("*.py"):
         assert "testbed" not in _imports(path), path
+
+
+def test_the_roles_use_only_what_ansible_core_ships():
+    """A user's install has ansible-core (declared) but not the `ansible` package's
+    collections (a test extra): a role naming one of them (community.general.dict_kv did,
+    in 0.1.0) fails only on a user's deploy. Every collection the test venv has is looked
+    for by its fully qualified names in the playbook, the roles' YAML and templates."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("ansible_collections")
+    assert spec and spec.submodule_search_locations, "the test extras' `ansible` is missing"
+    collections = {f"{ns.name}.{coll.name}"
+                   for root in spec.submodule_search_locations
+                   for ns in Path(root).iterdir() if ns.is_dir() and not ns.name.startswith("_")
+                   for coll in ns.iterdir() if coll.is_dir() and not coll.name.startswith("_")}
+    collections -= {"ansible.builtin", "ansible.legacy"}
+    assert "community.general" in collections
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, sorted(collections))) + r")\.\w+")
+    files = [REPO / "site.yml", *(p for p in (REPO / "roles").rglob("*")
+                                  if p.is_file() and p.suffix in {".yml", ".yaml", ".j2", ".py"})]
+    found = [f"{p.relative_to(REPO)}:{n}: {m.group(0)}"
+             for p in files for n, line in enumerate(p.read_text().splitlines(), 1)
+             for m in pattern.finditer(line)]
+    assert not found, found

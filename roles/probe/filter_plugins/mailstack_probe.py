@@ -81,6 +81,13 @@ def mailstack_expect_paths(paths, attrs=None, **more):
     return [{"path": str(p), **(attrs or {}), **more} for p in paths]
 
 
+def mailstack_expect_units(names, attrs=None, **more):
+    """The same mailstack_probe unit entry (enabled, started; a dict and/or keywords) for
+    each of several unit names. (The roles use ansible-core's own plugins and these only:
+    a user's install has no collections; 0.1.0's community dict_kv failed there.)"""
+    return [{"name": str(n), **(attrs or {}), **more} for n in names]
+
+
 def mailstack_tree_content(src_dir):
     """Every regular file below the controller directory src_dir: relative path to its
     base64-encoded bytes (what the common role's mailstack_stage module writes on the
@@ -132,6 +139,7 @@ class FilterModule:
             "mailstack_expect": mailstack_expect,
             "mailstack_expect_tree": mailstack_expect_tree,
             "mailstack_expect_paths": mailstack_expect_paths,
+            "mailstack_expect_units": mailstack_expect_units,
             "mailstack_expect_rendered": mailstack_expect_rendered,
             "mailstack_tree_content": mailstack_tree_content,
             "mailstack_tree_files": mailstack_tree_files,
