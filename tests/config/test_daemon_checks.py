@@ -142,7 +142,7 @@ def test_postfix_relay_restrictions_refuse_unauthenticated_relay(host):
     for service in ("submission/inet", "submissions/inet"):
         assert f"{service}/cleanup_service_name = subcleanup" in params
     assert ("subcleanup/unix/header_checks = regexp:{ {/^Received:/ IGNORE}, "
-            "{/^X-Originating-IP:/ IGNORE} }") in params
+            "{/^X-Originating-IP:/ IGNORE}, {/^X-Forward:/ IGNORE} }") in params
 
 
 def test_postfix_checker_catches_a_bad_parameter(host):
