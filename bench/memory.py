@@ -21,10 +21,15 @@ the host (`docker exec`):
 total is the sum of PSS of every process on the host. A benchmark prints numbers: it fails
 only when it cannot measure, not when the total is over the aim.
 
-With `--groupware` the site has options.groupware on (SOGo, memcached) and the user also
-logs in to the webmail and lists the INBOX there before the settle period.
+With `--groupware` the site has options.groupware on (SOGo, its database server, memcached)
+and the user also logs in to the webmail and lists the INBOX there before the settle period.
+`--workers N` (with it) then measures the same host again with N sogod workers (PREFORK in
+/etc/default/sogo, SOGo restarted, the webmail used again, the same settle period) and
+prints what each worker more costs: how many devices that wait in ActiveSync's Ping (one
+worker each) the memory allows.
 
-    .venv/bin/python bench/memory.py [--settle S] [--image stack|base] [--runs N] [--groupware] [--json]
+    .venv/bin/python bench/memory.py [--settle S] [--image stack|base] [--runs N]
+                                     [--groupware [--workers N]] [--json]
 """
 
 from __future__ import annotations
@@ -157,7 +162,26 @@ def measure(host: str) -> dict:
     return json.loads(proc.stdout)
 
 
-def one_run(image: str, settle: float, key: Path, workdir: Path, groupware: bool) -> dict:
+SOGO_DEFAULTS = "/etc/default/sogo"
+
+
+def sogo_workers(host: str) -> int:
+    text = testbed.exec_in(host, ["cat", SOGO_DEFAULTS]).stdout
+    return int(next(line for line in text.splitlines() if line.startswith("PREFORK="))[8:])
+
+
+def with_workers(name: str, ip: str, workers: int, settle: float) -> dict:
+    """The same host measured again with `workers` sogod workers."""
+    testbed.exec_in(name, ["sed", "-i", f"s/^PREFORK=.*/PREFORK={workers}/", SOGO_DEFAULTS])
+    testbed.exec_in(name, ["systemctl", "restart", "sogo"])
+    webmail(ip, name)
+    print(f"sogod restarted with {workers} workers; settling {settle:.0f} s", flush=True)
+    time.sleep(settle)
+    return measure(name)
+
+
+def one_run(image: str, settle: float, key: Path, workdir: Path, groupware: bool,
+            workers: int | None = None) -> dict:
     started = time.monotonic()
     name = f"mailstack-bench-memory-{uuid.uuid4().hex[:6]}"
     try:
@@ -174,6 +198,10 @@ def one_run(image: str, settle: float, key: Path, workdir: Path, groupware: bool
         print(f"{2 * MESSAGES} messages delivered and read; settling {settle:.0f} s", flush=True)
         time.sleep(settle)
         result = measure(name)
+        if workers is not None:
+            result["workers"] = sogo_workers(name)
+            result["more_workers"] = {"workers": workers,
+                                      **with_workers(name, host.ip, workers, settle)}
         # Containers from one image share the pages of its files (binaries, libraries):
         # with neighbours, file-backed PSS is split with them and reads lower than on a VPS.
         ps = testbed.docker("ps", "-q", "--filter", f"ancestor={image}").stdout.split()
@@ -215,6 +243,21 @@ def report(result: dict) -> float:
     return pss
 
 
+def report_workers(result: dict) -> None:
+    """sogo.service's PSS with the deployed workers and with more, side by side."""
+    more = result["more_workers"]
+    before = result["units"]["sogo.service"]
+    after = more["units"]["sogo.service"]
+    added = more["workers"] - result["workers"]
+    each = (after["pss"] - before["pss"]) / MiB / added
+    total_after = sum(u["pss"] for u in more["units"].values()) / MiB
+    print(f"\nsogo.service: {result['workers']} workers {before['pss'] / MiB:.1f} MiB "
+          f"({len(before['processes'])} processes), {more['workers']} workers "
+          f"{after['pss'] / MiB:.1f} MiB ({len(after['processes'])} processes): "
+          f"{each:.1f} MiB per worker more; total PSS then {total_after:.1f} MiB "
+          f"= {total_after / AIM_MIB:.2f} of the {AIM_MIB} MiB aim")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--settle", type=float, default=60, help="idle seconds before measuring")
@@ -223,8 +266,12 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=1, help="fresh hosts, one after another")
     parser.add_argument("--groupware", action="store_true",
                         help="options.groupware on (SOGo), used once through the webmail")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="with --groupware: measure again with this many sogod workers")
     parser.add_argument("--json", action="store_true", help="also print the results as JSON")
     args = parser.parse_args()
+    if args.workers is not None and (not args.groupware or args.workers < 1):
+        parser.error("--workers N needs --groupware and N >= 1")
     testbed.ensure_engine()
     image = testbed.stack_image() if args.image == "stack" else testbed.base_image()
     key = sandbox.ensure_keypair(sandbox.default_state_dir())
@@ -233,10 +280,13 @@ def main() -> int:
         for i in range(args.runs):
             print(f"run {i + 1}/{args.runs} on {image}", flush=True)
             try:
-                results.append(one_run(image, args.settle, key, Path(tmp), args.groupware))
+                results.append(one_run(image, args.settle, key, Path(tmp), args.groupware,
+                                       args.workers))
             except (testbed.SandboxError, OSError, smtplib.SMTPException) as exc:
                 raise SystemExit(f"run {i + 1} failed: {exc}") from exc
             totals.append(report(results[-1]))
+            if args.workers is not None:
+                report_workers(results[-1])
     if args.runs > 1:
         print(f"\ntotal PSS per run: {', '.join(f'{t:.1f}' for t in totals)} MiB; median "
               f"{statistics.median(totals):.1f} MiB = {statistics.median(totals) / AIM_MIB:.2f} "

@@ -4,8 +4,10 @@
 backup role). Run by its timers and by `mailstack backup` / `mailstack restore` over SSH.
 
   mailstack-backup create     one archive of what the site cannot make again (the store's
-                              cipher directory, the mail sealed while it is locked, rspamd's
-                              learned data), then prune by the retention policy and compact;
+                              cipher directory, with a dump of the groupware's database
+                              made just before, the mail sealed while it is locked,
+                              rspamd's learned data), then prune by the retention policy
+                              and compact;
                               the repository is made (repokey) on the first run
   mailstack-backup list       JSON: the archives, newest last
   mailstack-backup check      borg check of the repository (its metadata; "data" on stdin:
@@ -168,6 +170,35 @@ def save_redis(c):
                        check=False, timeout=300)
 
 
+def dump_groupware_db(c):
+    """The groupware's database into the store before borg reads it: its server's files
+    change while it runs, a dump made in one transaction does not. A note beside the store
+    (in the archive too) says whether this run dumped it; locked, the server is stopped
+    and its data directory at rest is the one a restore takes."""
+    g = c.get("groupware_db")
+    if not g:
+        return
+    note = {"dumped": False}
+    running = shutil.which("systemctl") is not None and subprocess.run(
+        ["systemctl", "is-active", "--quiet", g["service"]], check=False).returncode == 0
+    if running:
+        partial = g["dump"] + ".new"
+        with open(partial, "wb") as out:
+            dumped = subprocess.run(
+                ["mariadb-dump", f"--socket={g['socket']}", "--single-transaction",
+                 "--routines", "--databases", g["db_name"]],
+                stdout=out, stderr=subprocess.PIPE, check=False)
+        if dumped.returncode != 0:
+            os.unlink(partial)
+            fail("could not dump the groupware's database: "
+                 + dumped.stderr.decode(errors="replace").strip())
+        os.replace(partial, g["dump"])
+        note = {"dumped": True, "at": int(time.time())}
+    os.makedirs(os.path.dirname(g["backup_note"]), mode=0o700, exist_ok=True)
+    with open(g["backup_note"], "w", encoding="utf-8") as f:
+        json.dump(note, f)
+
+
 def write_state(c, state):
     path = c["state_file"]
     os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
@@ -195,6 +226,7 @@ def cmd_create(c):
         fail(f"{c['store']} does not exist: nothing to back up (run `mailstack deploy`)")
     made = ensure_repository(c)
     save_redis(c)
+    dump_groupware_db(c)
     paths = [p for p in c["paths"] if os.path.exists(p)]
     name = f"{c['prefix']}-{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(started))}"
     created = borg(c, "create", "--json", "--compression", c["compression"],

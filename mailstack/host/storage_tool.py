@@ -24,6 +24,9 @@ storage role). Run by `mailstack unlock` / `mailstack status` over SSH, and by t
                                      every address ("all")
   mailstack-storage verify-login     set the verify mailbox's password hash (on stdin) for one
                                      `mailstack verify` run, or "off": locked again
+  mailstack-storage groupware-db-restore
+                                     after a restore: load the archive's dump of the
+                                     groupware's database (its server's ExecStartPost)
 
 The passphrase is only ever read from standard input: never an argument, a file or a log.
 Exit codes: 0 ok, 1 error, 3 wrong passphrase, 4 store not initialized.
@@ -201,6 +204,55 @@ def clean_marker(c):
     return os.path.join(c["restore_dir"], "clean-indexes")
 
 
+def groupware_marker(c):
+    return os.path.join(c["restore_dir"], "groupware-db-from-dump")
+
+
+def archive_dumped_groupware_db(note):
+    """Whether the archive's note (mailstack-backup wrote it beside the store) says the run
+    dumped the groupware's database into the store."""
+    try:
+        with open(note, encoding="utf-8") as f:
+            return json.load(f).get("dumped") is True
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def set_aside_groupware_db(c):
+    """After the mount of a restored store whose archive dumped the groupware's database:
+    its data directory (read while the server wrote it) is set aside, and the server's next
+    start makes a new one and loads the dump (cmd_groupware_db_restore)."""
+    g = c["groupware_db"]
+    if os.path.isfile(g["dump"]):
+        aside = g["datadir"] + ".from-archive"
+        shutil.rmtree(aside, ignore_errors=True)
+        if os.path.isdir(g["datadir"]):
+            os.rename(g["datadir"], aside)
+        with open(g["load_marker"], "w", encoding="utf-8") as f:
+            f.write("load " + g["dump"] + "\n")
+    os.unlink(groupware_marker(c))
+
+
+def cmd_groupware_db_restore(c):
+    """The groupware database server's ExecStartPost (as root, its administrator through
+    the socket): after a restore, load the archive's dump into the new data directory
+    before SOGo starts. Loading twice is harmless (the dump drops and makes each table),
+    so a load that failed is tried again at the next start."""
+    g = c.get("groupware_db")
+    if not g or not os.path.exists(g["load_marker"]):
+        print(json.dumps({"ok": True, "loaded": False}))
+        return
+    with open(g["dump"], "rb") as dump:
+        loaded = subprocess.run(["mariadb", f"--socket={g['socket']}"], stdin=dump,
+                                capture_output=True, check=False)
+    if loaded.returncode != 0:
+        fail("the groupware's database did not take the archive's dump "
+             f"({g['dump']}): " + loaded.stderr.decode(errors="replace").strip())
+    os.unlink(g["load_marker"])
+    shutil.rmtree(g["datadir"] + ".from-archive", ignore_errors=True)
+    print(json.dumps({"ok": True, "loaded": True}))
+
+
 def adopt_staged(c, staged):
     """Put the restored cipher directory (and the mail sealed in it) where the store lives,
     owned by the FUSE user, instead of a new, empty store. The store's files are only moved
@@ -225,6 +277,12 @@ def adopt_staged(c, staged):
         for name in os.listdir(sealed_src):
             os.rename(os.path.join(sealed_src, name), os.path.join(dest, name))
             os.lchown(os.path.join(dest, name), st.st_uid, st.st_gid)
+    # The groupware's database: when the archive's run dumped it (the server was running,
+    # its files changing as borg read them), the dump is what it starts from.
+    g = c.get("groupware_db")
+    if g and archive_dumped_groupware_db(os.path.join(tree, g["backup_note"].lstrip("/"))):
+        with open(groupware_marker(c), "w", encoding="utf-8") as f:
+            f.write(staged.get("archive", "") + "\n")
     # Dovecot's indexes may have been read half-written: made again after the mount.
     with open(clean_marker(c), "w", encoding="utf-8") as f:
         f.write(staged.get("archive", "") + "\n")
@@ -291,6 +349,8 @@ def do_mount(c, secret):
         fail("mount failed: " + text)
     if os.path.exists(clean_marker(c)):
         clean_indexes(c)
+    if c.get("groupware_db") and os.path.exists(groupware_marker(c)):
+        set_aside_groupware_db(c)
 
 
 def sealer(c, verb):
@@ -749,7 +809,7 @@ def main():
         sys.exit(ERROR)
     verb = sys.argv[1]
     if verb not in ("state", "init", "unlock", "mount", "lock", "status", "metrics", "unban",
-                    "verify-login"):
+                    "verify-login", "groupware-db-restore"):
         fail("unknown command " + verb)
     try:
         c = conf()
@@ -771,6 +831,8 @@ def main():
         cmd_metrics(c)
     elif verb == "unban":
         cmd_unban(c)
+    elif verb == "groupware-db-restore":
+        cmd_groupware_db_restore(c)
     elif verb == "verify-login":
         cmd_verify_login(c)
 

@@ -205,17 +205,47 @@ SOGO = {"service": "sogo", "user": "sogo", "group": "sogo", "conf_file": "/etc/s
         "defaults_file": "/etc/default/sogo",
         # Where Debian's unit has sogod write its log (-WOLogFile): fail2ban reads it.
         "log_file": "/var/log/sogo/sogo.log",
-        "port": 20000, "workers": 3, "db_name": "sogo", "db_user": "mailstack_sogo",
+        "port": 20000, "db_name": "sogo", "db_user": "mailstack_sogo",
+        # sogod's workers: 3 for the webmail and DAV, and 2 per mailbox (a phone and a
+        # tablet), because an ActiveSync device holds one for the length of its Ping; at
+        # most 11 (each idle worker ~10 MiB: bench/memory.py --groupware --workers 11).
+        "workers_base": 3, "workers_per_mailbox": 2, "workers_max": 11,
         # The accounts SOGo may read: a view of the enabled mailboxes (see schema.sql).
         "users_view": "sogo_users",
         # ActiveSync Ping/Sync: held open up to 9 minutes (below nginx's read timeout), the
         # mailbox looked at every 10 s meanwhile (SOGo's push is that poll: new mail reaches
         # a phone within about that); the watchdog lets such a request live.
-        "ping_seconds": 540, "sync_poll_seconds": 10, "watchdog_minutes": 10,
+        "ping_seconds": 540, "sync_poll_seconds": 10, "watchdog_minutes": 10, "sync_window": 100,
         "memcached": {"service": "memcached", "conf_file": "/etc/memcached.conf",
                       "socket": "/run/memcached/memcached.sock", "group": "memcache",
                       "max_mib": 32},
-        "paths": {"webmail": "/SOGo", "activesync": "/Microsoft-Server-ActiveSync"}}
+        "paths": {"webmail": "/SOGo", "activesync": "/Microsoft-Server-ActiveSync"},
+        # Its database (profiles, calendars, contacts, ActiveSync state) has a MariaDB server
+        # of its own whose data lives inside the encrypted store, so calendars and contacts
+        # are encrypted at rest like mail and unreadable while it is locked. It runs as the
+        # mail user (the store shows every file as that user's), bound to the store's mount
+        # like Dovecot, on a unix socket only. A backup dumps it into the store first (a
+        # running server's files copied as they change are no backup); a restore loads that
+        # dump into a new data directory.
+        "db": {"service": "mailstack-groupware-db",
+               "unit_file": "/etc/systemd/system/mailstack-groupware-db.service",
+               # Beside the main server's settings, which do not include them; not in
+               # /etc/mailstack, which only root may enter.
+               "conf_file": "/etc/mysql/mailstack-groupware-db.cnf",
+               "init_file": "/etc/mysql/mailstack-groupware-db.sql",
+               # /run/<runtime_directory>, made by systemd for the unit.
+               "runtime_directory": "mailstack-groupware-db",
+               "socket": "/run/mailstack-groupware-db/mariadbd.sock",
+               "pid_file": "/run/mailstack-groupware-db/mariadbd.pid",
+               "dir": f"{VMAIL['root']}/.groupware",
+               "datadir": f"{VMAIL['root']}/.groupware/db",
+               "dump": f"{VMAIL['root']}/.groupware/sogo.sql",
+               # Written by a restore: load the dump at the next start.
+               "load_marker": f"{VMAIL['root']}/.groupware/load-dump",
+               # Beside the store in each archive: whether the run could dump (the store
+               # was unlocked) or the data directory at rest is the one to take.
+               "backup_note": "/var/lib/mailstack/backup/groupware-db.json",
+               "buffer_pool_mib": 16, "max_connections": 40}}
 # Services that must never run without the mounted store, and those `mailstack status` shows.
 STORE_BOUND_SERVICES = ["dovecot"]
 STATUS_SERVICES = ["postfix", "dovecot", "opendkim", "mariadb", "rspamd", "redis-server",
@@ -361,6 +391,16 @@ def mail_ports(cfg: SiteConfig) -> dict[str, int]:
     return {**MAIL_PORTS, **({"pop3s": POP3S_PORT} if cfg.options.pop3 else {})}
 
 
+def groupware_db_facts(cfg: SiteConfig) -> dict[str, Any] | None:
+    """What the host tools need of the groupware's database (None without the groupware):
+    the backup dumps it, a restore loads the dump."""
+    if not cfg.options.groupware:
+        return None
+    db = SOGO["db"]
+    return {"db_name": SOGO["db_name"], **{k: db[k] for k in (
+        "service", "socket", "datadir", "dump", "load_marker", "backup_note")}}
+
+
 def backup_context(cfg: SiteConfig, secrets: Any) -> dict[str, Any]:
     """options.backup: what the host tool and the timers need (the secrets from the vault,
     where `mailstack backup init` made them). What is backed up: the store as the host has
@@ -383,7 +423,9 @@ def backup_context(cfg: SiteConfig, secrets: Any) -> dict[str, Any]:
         # Archives are named after the site's host name (not the machine's): a restored
         # host carries on the same series, and prune keeps to it.
         "prefix": cfg.hostname,
-        "paths": [store, sealer.SEALED_DIR, BACKUP["redis_dump"]],
+        "paths": [store, sealer.SEALED_DIR, BACKUP["redis_dump"],
+                  *([SOGO["db"]["backup_note"]] if cfg.options.groupware else [])],
+        "groupware_db": groupware_db_facts(cfg),
         "store": store,
         "retention": backup.retention.model_dump(),
         "schedule": backup.schedule,
@@ -402,8 +444,11 @@ def groupware_context(cfg: SiteConfig, site_secrets: dict[str, Any]) -> dict[str
     """SOGo's settings (options.groupware): its database URLs carry its account's password,
     URL-encoded; mail, submission and Sieve on loopback (TLS, the certificate names the host,
     not 127.0.0.1: SOGo's allowInsecureLocalhost accepts it there only)."""
-    facts = {"enabled": cfg.options.groupware, **SOGO,
-             "memcached": dict(SOGO["memcached"]), "paths": dict(SOGO["paths"])}
+    workers = min(SOGO["workers_base"] + SOGO["workers_per_mailbox"] * len(cfg.users),
+                  SOGO["workers_max"])
+    facts = {"enabled": cfg.options.groupware, **SOGO, "workers": workers,
+             "db": dict(SOGO["db"]), "memcached": dict(SOGO["memcached"]),
+             "paths": dict(SOGO["paths"])}
     if not cfg.options.groupware:
         return facts
     password = (site_secrets.get("mariadb") or {}).get("sogo_password")
@@ -411,13 +456,14 @@ def groupware_context(cfg: SiteConfig, site_secrets: dict[str, Any]) -> dict[str
         raise ConfigError(
             "options.groupware is on but secrets/site.yml has no mariadb.sogo_password (the "
             "site is older than options.groupware): run `mailstack groupware secret` to add it")
-    db = f"mysql://{SOGO['db_user']}:{quote(password, safe='')}@127.0.0.1:3306"
+    login = f"{SOGO['db_user']}:{quote(password, safe='')}"
+    socket = quote(SOGO["db"]["socket"], safe="")  # SOPE takes a host that starts with / as one
     verify = "tlsVerifyMode=allowInsecureLocalhost"
     return {
         **facts,
         "db_password": password,
-        "db_url": f"{db}/{SOGO['db_name']}",
-        "users_url": f"{db}/{DB_NAME}/{SOGO['users_view']}",
+        "db_url": f"mysql://{login}@{socket}/{SOGO['db_name']}",
+        "users_url": f"mysql://{login}@127.0.0.1:3306/{DB_NAME}/{SOGO['users_view']}",
         "imap_url": f"imaps://127.0.0.1:{MAIL_PORTS['imaps']}/?{verify}",
         "smtp_url": f"smtp://127.0.0.1:{MAIL_PORTS['submission']}/?tls=YES&{verify}",
         "sieve_url": f"sieve://127.0.0.1:{MAIL_PORTS['sieve']}/?tls=YES&{verify}",
@@ -466,10 +512,12 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
     ports = mail_ports(cfg)
     status_services = [*STATUS_SERVICES,
                        *([CLAMAV["daemon_unit"].removesuffix(".service")] if antivirus["enabled"] else []),
-                       *([SOGO["service"], SOGO["memcached"]["service"]] if groupware["enabled"] else [])]
+                       *([SOGO["db"]["service"], SOGO["service"], SOGO["memcached"]["service"]]
+                         if groupware["enabled"] else [])]
     # SOGo shows mail (from Dovecot) and keeps calendars: while the store is locked it must
     # not run either (its pages would show an empty mailbox, its devices would sync one).
-    bound_services = [*STORE_BOUND_SERVICES, *([SOGO["service"]] if groupware["enabled"] else [])]
+    bound_services = [*STORE_BOUND_SERVICES,
+                      *([SOGO["db"]["service"], SOGO["service"]] if groupware["enabled"] else [])]
     return {
         "managed_header": MANAGED_HEADER,
         "host": {"name": host.name, "hostname": cfg.hostname, "ssh_port": host.ssh_port,
@@ -620,6 +668,7 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
             # A restore's archive, extracted and checked by mailstack-backup: the store's
             # first `init` on a new host takes it instead of making an empty one.
             "restore_dir": BACKUP["staging_dir"],
+            "groupware_db": groupware_db_facts(cfg),
             # Dovecot's index files and the search indexes, made again after a restore.
             "index_names": ["dovecot.index", "dovecot.index.log", "dovecot.index.log.2",
                             "dovecot.index.cache", "dovecot.list.index",
@@ -703,7 +752,7 @@ def host_vars(context: dict[str, Any]) -> dict[str, Any]:
             "metrics_timer")},
         "mailstack_groupware": {k: context["groupware"][k] for k in (
             "enabled", "service", "user", "group", "conf_file", "defaults_file", "port",
-            "memcached")},
+            "db", "memcached")},
         "mailstack_storage": {k: storage[k] for k in (
             "encryption", "root", "cipher_dir", "mount_unit", "tool", "conf_file",
             "bound_services", "sealing")},

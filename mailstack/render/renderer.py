@@ -47,6 +47,7 @@ SECRET_FILES = {
     "etc/mailstack/backup/passphrase",
     "etc/mailstack/backup/id_ed25519",
     "etc/sogo/sogo.conf",
+    "etc/mysql/mailstack-groupware-db.sql",
 }
 
 
@@ -101,8 +102,11 @@ IMPORTED_CERTIFICATE = "etc/mailstack/tls/fullchain.pem"
 MONITORING_PREFIXES = ("etc/default/prometheus-node-exporter", "etc/systemd/system/mailstack-metrics.")
 # Files that exist only with backups (options.backup).
 BACKUP_PREFIXES = ("etc/mailstack/backup", "etc/systemd/system/mailstack-backup")
-# Files that exist only with the groupware (options.groupware): SOGo's and its cache's.
-GROUPWARE_PREFIXES = ("etc/sogo/", "etc/default/sogo", "etc/memcached.conf")
+# Files that exist only with the groupware (options.groupware): SOGo's, its cache's and its
+# database server's.
+GROUPWARE_PREFIXES = ("etc/sogo/", "etc/default/sogo", "etc/memcached.conf",
+                      "etc/mysql/mailstack-groupware-db.",
+                      "etc/systemd/system/mailstack-groupware-db.")
 
 
 def _wanted(target: str, context: dict[str, Any]) -> bool:

@@ -5,11 +5,13 @@ SOGo's pages in a real browser (Pages, driven by selenium: tests/e2e/browser.py)
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -74,6 +76,21 @@ class Web:
             json.dumps({"sortingAttributes": {"sort": "arrival", "asc": 0}}).encode(),
             {"Content-Type": "application/json",
              "X-XSRF-TOKEN": self.cookies.get("XSRF-TOKEN", "")})
+
+
+# An event as a calendar app PUTs it (CalDAV), on 24 December 2026.
+EVENT = """BEGIN:VCALENDAR\r
+VERSION:2.0\r
+PRODID:-//mailstack//tests//EN\r
+BEGIN:VEVENT\r
+UID:{uid}\r
+DTSTAMP:20260101T090000Z\r
+DTSTART:20261224T180000Z\r
+DTEND:20261224T200000Z\r
+SUMMARY:{summary}\r
+END:VEVENT\r
+END:VCALENDAR\r
+"""
 
 
 def subjects_of(listing: dict) -> list[str]:
@@ -142,10 +159,15 @@ class Pages:
         dialog = self.visible("md-dialog")
         recipients = "md-dialog md-chips[ng-model='editor.message.editable.to']"
         self.visible(f"{recipients} md-chip")  # the sender, filled in
-        for remove in self.driver.find_elements(By.CSS_SELECTOR,
-                                                f"{recipients} md-chip button.md-chip-remove"):
-            remove.click()
-        self.wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, f"{recipients} md-chip"))
+        # A click while the dialog still opens (its animation) can be lost: click the
+        # remove buttons again until no chip is left, as a person would.
+        def removed(d: WebDriver) -> bool:
+            for remove in d.find_elements(By.CSS_SELECTOR,
+                                          f"{recipients} md-chip button.md-chip-remove"):
+                with contextlib.suppress(WebDriverException):  # gone, or not clickable yet
+                    remove.click()
+            return not d.find_elements(By.CSS_SELECTOR, f"{recipients} md-chip")
+        self.wait.until(removed)
         self.visible(f"{recipients} input").send_keys(to, Keys.TAB)
         self.wait.until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, f"{recipients} md-chip"),
                                                          to))

@@ -14,14 +14,19 @@ ActiveSync, tests/e2e/wbxml.py):
 - CardDAV: a contact PUT into the personal address book, read back by GET and as a
   contacts app syncs (PROPFIND of the etags, addressbook-multiget); /.well-known/carddav
   leads there;
+- calendars and contacts are encrypted at rest: SOGo's database server keeps its data in
+  the store (an event's text is there, and nowhere else on disk in clear text);
 - Exchange ActiveSync: OPTIONS announces the protocol versions; FolderSync lists the INBOX,
   Sync brings the delivered message; a waiting Ping answers when new mail arrives (push),
   and the next Sync brings it;
-- while the store is locked, webmail and ActiveSync answer 503 (never an empty mailbox),
-  and after `mailstack unlock` the INBOX is back;
+- while the store is locked, webmail, DAV and ActiveSync answer 503 (never an empty
+  mailbox), SOGo's database server is stopped, and after `mailstack unlock` the INBOX and
+  the calendar are back;
 - a second deploy changes nothing;
 - an address that keeps failing the webmail login is banned from the web ports (fail2ban's
-  sogo-auth jail) until `mailstack unban`.
+  sogo-auth jail) until `mailstack unban`;
+- turned off again, SOGo, its database server and memcached are stopped and disabled, the
+  web side no longer serves SOGo, and its data stays in the store.
 
 Tests run in file order and build on each other (one deployed host). `-s` shows the timings.
 """
@@ -56,7 +61,7 @@ from mailstack.site.tls import site_key
 from . import wbxml
 from .browser import chromium, served_certificate
 from .helpers import PASSWORD, edit_config, fetch_matching, imap_subjects, mailstack, wait_for_subjects
-from .sogo import Pages, Response, Web, subjects_of
+from .sogo import EVENT, Pages, Response, Web, subjects_of
 
 pytestmark = pytest.mark.testbed
 
@@ -226,6 +231,14 @@ def test_a_browser_reads_a_message_and_its_reply_arrives(bed, tmp_path):
     assert answer["Subject"] == f"Re: {subject}"  # decoded (SOGo writes encoded words)
     assert [a.addr_spec for a in answer["To"].addresses] == [ALICE]
     assert answer["From"].addresses[0].addr_spec == ALICE
+    # SOGo names the browser's address in X-Forward (its copy in Sent has it); submission's
+    # cleanup drops it from what goes out, as it drops the Received header naming the
+    # user's computer.
+    sent = [email.message_from_bytes(raw, policy=email.policy.default)
+            for raw in fetch_matching(bed.ip, ALICE, ("ALL",), folder="Sent")]
+    copy = [m for m in sent if m["In-Reply-To"] == message_id]
+    assert len(copy) == 1 and copy[0]["X-Forward"], [dict(m.items()) for m in copy]
+    assert answer["X-Forward"] is None, answer["X-Forward"]
     # The editor writes HTML: entities (&nbsp;) and line breaks evened out.
     body = " ".join(html.unescape(" ".join(part.get_content() for part in answer.walk()
                                            if part.get_content_maintype() == "text")).split())
@@ -247,19 +260,6 @@ def test_the_webmail_is_https_only(bed):
     resp = conn.getresponse()
     assert resp.status == 301 and resp.getheader("Location", "").startswith("https://")
 
-
-EVENT = """BEGIN:VCALENDAR\r
-VERSION:2.0\r
-PRODID:-//mailstack//tests//EN\r
-BEGIN:VEVENT\r
-UID:{uid}\r
-DTSTAMP:20260101T090000Z\r
-DTSTART:20261224T180000Z\r
-DTEND:20261224T200000Z\r
-SUMMARY:{summary}\r
-END:VEVENT\r
-END:VCALENDAR\r
-"""
 
 CALENDAR_QUERY = b"""<?xml version="1.0" encoding="utf-8"?>
 <C:calendar-query xmlns:D="DAV:" xmlns:C="urn:ietf:params:xml:ns:caldav">
@@ -348,6 +348,41 @@ def test_carddav_stores_a_contact_and_syncs_it_as_clients_do(bed):
                     "{urn:ietf:params:xml:ns:carddav}address-data")
     assert [text for text in found if f"UID:{uid}" in text and f"FN:{name}" in text], found
     assert web.request("GET", f"{book}{uid}.vcf", auth=(ALICE, PASSWORD + "x")).status == 401
+
+
+STORE = "/var/mail/vhosts"  # VMAIL["root"]: the encrypted store's mount
+GROUPWARE_DB = "mailstack-groupware-db"
+
+
+def grep_host(bed, text: str, *paths: str) -> list[str]:
+    """The files below paths (on the host's disk) that hold text, byte for byte."""
+    found = testbed.exec_in(bed.name, ["grep", "-rlaF", "--", text, *paths], check=False)
+    assert found.returncode in (0, 1), found.stderr
+    return found.stdout.split()
+
+
+def test_calendars_and_contacts_are_encrypted_at_rest(bed):
+    """SOGo's data has a database server of its own whose data directory is inside the
+    encrypted store: an event's text is in that directory as the mounted store shows it
+    (InnoDB's redo log has it once the PUT is answered), and nowhere in clear text on the
+    host's disk: not in the main MariaDB's files, not in the store's cipher directory. The
+    main server has no SOGo database at all."""
+    marker = f"Surprise party {secrets.token_hex(8)}"
+    uid = str(uuid.uuid4())
+    dav_put(bed.web, "caldav", f"/SOGo/dav/{ALICE}/Calendar/personal/{uid}.ics",
+            EVENT.format(uid=uid, summary=marker), "text/calendar")
+    datadir = f"{STORE}/.groupware/db"
+    assert grep_host(bed, marker, datadir), "the event is not in the groupware's database"
+    mount = testbed.exec_in(bed.name, ["findmnt", "-n", "-o", "FSTYPE", "-T", datadir]).stdout
+    assert mount.strip() == "fuse.gocryptfs", mount
+    assert grep_host(bed, marker, "/var/lib/mysql", f"{STORE}.crypt", "/var/spool", "/var/log",
+                     "/tmp", "/var/tmp") == []
+    databases = testbed.exec_in(bed.name, ["mariadb", "-N", "-e", "SHOW DATABASES"]).stdout
+    assert "sogo" not in databases.split(), databases
+    # SOGo's account reaches it on its socket only: the server listens on no port.
+    ports = testbed.exec_in(bed.name, ["ss", "-ltnpH"]).stdout
+    assert "mariadbd" not in "".join(line for line in ports.splitlines()
+                                     if ":3306" not in line), ports
 
 
 def test_activesync_options_announce_the_protocol(bed):
@@ -457,12 +492,18 @@ def test_a_locked_store_refuses_instead_of_showing_an_empty_mailbox(bed):
         assert web.request("OPTIONS", EAS_PATH, auth=(ALICE, PASSWORD)).status == 503
         assert web.request("GET", f"/SOGo/dav/{ALICE}/Calendar/personal/",
                            auth=(ALICE, PASSWORD)).status == 503
+        # Its database stopped with the store: calendars are not readable while locked.
+        state = testbed.exec_in(bed.name, ["systemctl", "is-active", GROUPWARE_DB], check=False)
+        assert state.stdout.strip() == "inactive", state.stdout
     finally:
         unlocked = mailstack(bed.site, "unlock")
         assert unlocked.returncode == 0, unlocked.stdout + unlocked.stderr
     web = bed.web
     assert wait_for_login(web).status == 200
     assert SUBJECT in subjects_of(web.inbox(ALICE).json())
+    events = dav_xml(web, "REPORT", f"/SOGo/dav/{ALICE}/Calendar/personal/", CALENDAR_QUERY,
+                     "{urn:ietf:params:xml:ns:caldav}calendar-data")
+    assert [e for e in events if "SUMMARY:Surprise party " in e], events
 
 
 def test_a_second_deploy_changes_nothing(bed):
@@ -471,7 +512,7 @@ def test_a_second_deploy_changes_nothing(bed):
     assert "no changes" in again.stdout, again.stdout
 
 
-# Last: it bans this machine from the web ports until `mailstack unban`.
+# It bans this machine from the web ports until `mailstack unban`.
 def test_repeated_webmail_failures_ban_the_address(bed):
     """fail2ban's sogo-auth jail reads SOGo's log, where nginx's client address stands (not
     127.0.0.1): the address that keeps failing the login page is refused on 443 until
@@ -499,3 +540,25 @@ def test_repeated_webmail_failures_ban_the_address(bed):
     done = mailstack(bed.site, "unban", banned[0])
     assert done.returncode == 0, done.stdout + done.stderr
     assert wait_for_login(web).status == 200
+
+
+def test_turning_the_groupware_off_stops_it_and_keeps_its_data(bed):
+    """options.groupware back to false: a deploy stops and disables SOGo, its database
+    server and memcached, nginx no longer proxies to SOGo, SOGo's account on the main
+    server is gone; the calendars and contacts stay in the store (nothing thrown away)."""
+    edit_config(bed.site, ("  groupware: true\n", "  groupware: false\n"))
+    off = mailstack(bed.site, "deploy")
+    assert off.returncode == 0, off.stdout + off.stderr
+    for unit in ("sogo", GROUPWARE_DB, "memcached"):
+        state = testbed.exec_in(bed.name, ["systemctl", "is-enabled", unit], check=False)
+        assert state.stdout.strip() == "disabled", (unit, state.stdout)
+        state = testbed.exec_in(bed.name, ["systemctl", "is-active", unit], check=False)
+        assert state.stdout.strip() == "inactive", (unit, state.stdout)
+    assert bed.web.login(ALICE, PASSWORD).status == 404
+    accounts = testbed.exec_in(bed.name, ["mariadb", "-N", "-e",
+                                          "SELECT user FROM mysql.user WHERE user LIKE '%sogo%'"])
+    assert accounts.stdout.strip() == "", accounts.stdout
+    assert testbed.exec_in(bed.name, ["test", "-d", f"{STORE}/.groupware/db/sogo"],
+                           check=False).returncode == 0
+    again = mailstack(bed.site, "deploy")
+    assert again.returncode == 0 and "no changes" in again.stdout, again.stdout + again.stderr

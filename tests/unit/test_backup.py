@@ -332,6 +332,81 @@ def test_the_indexes_are_made_again_after_a_restore(storage_conf, tmp_path):
     assert not Path(tool.clean_marker(conf)).exists()
 
 
+def groupware_conf(conf: dict, tmp_path: Path) -> dict:
+    root = Path(conf["root"])
+    conf["restore_dir"] = str(tmp_path / "restore")
+    conf["groupware_db"] = {
+        "db_name": "sogo", "service": "mailstack-groupware-db", "socket": str(tmp_path / "s"),
+        "datadir": str(root / ".groupware" / "db"), "dump": str(root / ".groupware" / "sogo.sql"),
+        "load_marker": str(root / ".groupware" / "load-dump"),
+        "backup_note": "/var/lib/mailstack/backup/groupware-db.json"}
+    return conf
+
+
+def stage_with_note(conf: dict, tmp_path: Path, note: dict | None) -> dict:
+    tree = tmp_path / "restore" / "tree"
+    store = tree / conf["cipher_dir"].lstrip("/")
+    store.mkdir(parents=True)
+    (store / "gocryptfs.conf").write_text("{}")
+    if note is not None:
+        path = tree / conf["groupware_db"]["backup_note"].lstrip("/")
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(note))
+    staged = {"archive": "mail.example.org-2026", "tree": str(tree)}
+    (tmp_path / "restore" / "staged.json").write_text(json.dumps(staged))
+    return staged
+
+
+def test_a_restore_whose_archive_dumped_the_groupware_db_loads_that_dump(storage_conf, tmp_path,
+                                                                         as_root):
+    """The archive's run dumped SOGo's database (the server was running while borg read its
+    files): at the mount the copied data directory is set aside and the server's next start
+    loads the dump."""
+    conf = groupware_conf(storage_conf(), tmp_path)
+    tool.adopt_staged(conf, stage_with_note(conf, tmp_path, {"dumped": True, "at": 1}))
+    assert Path(tool.groupware_marker(conf)).exists()
+    g = conf["groupware_db"]
+    Path(g["datadir"], "mysql").mkdir(parents=True)  # what the mounted store shows
+    Path(g["datadir"], "ibdata1").write_text("torn")
+    Path(g["dump"]).write_text("CREATE DATABASE sogo;\n")
+    tool.set_aside_groupware_db(conf)
+    assert not Path(g["datadir"]).exists()
+    assert Path(g["datadir"] + ".from-archive", "ibdata1").read_text() == "torn"
+    assert Path(g["load_marker"]).exists()
+    assert not Path(tool.groupware_marker(conf)).exists()
+
+
+@pytest.mark.parametrize("note", [{"dumped": False}, None, "not json"])
+def test_a_restore_without_a_dump_keeps_the_data_directory(storage_conf, tmp_path, as_root, note):
+    """Taken while locked (the server stopped cleanly), or by a run without the groupware:
+    the data directory at rest is the one to run on."""
+    conf = groupware_conf(storage_conf(), tmp_path)
+    staged = stage_with_note(conf, tmp_path, note if isinstance(note, dict) or note is None else {})
+    if isinstance(note, str):
+        Path(staged["tree"], conf["groupware_db"]["backup_note"].lstrip("/")).write_text(note)
+    tool.adopt_staged(conf, staged)
+    assert not Path(tool.groupware_marker(conf)).exists()
+
+
+def test_the_groupware_db_loads_nothing_without_a_restore(storage_conf, tmp_path, capsys):
+    conf = groupware_conf(storage_conf(), tmp_path)
+    tool.cmd_groupware_db_restore(conf)
+    assert json.loads(capsys.readouterr().out) == {"ok": True, "loaded": False}
+
+
+def test_a_backup_of_a_locked_store_notes_that_it_did_not_dump(tmp_path, monkeypatch):
+    """The groupware's server is stopped while the store is locked: nothing to dump, and
+    the note in the archive says so."""
+    note = tmp_path / "note.json"
+    conf = {"groupware_db": {"service": "mailstack-groupware-db-not-here", "socket": "/none",
+                             "db_name": "sogo", "dump": str(tmp_path / "sogo.sql"),
+                             "backup_note": str(note)}}
+    backup_tool.dump_groupware_db(conf)
+    assert json.loads(note.read_text()) == {"dumped": False}
+    assert not (tmp_path / "sogo.sql").exists()
+    backup_tool.dump_groupware_db({"groupware_db": None})  # without the groupware: nothing
+
+
 def test_the_site_config_model_has_backup_null_by_default():
     cfg = SiteConfig.model_validate({"hostname": "mail.example.org",
                                      "admin_email": "a@example.org", "domains": ["example.org"]})

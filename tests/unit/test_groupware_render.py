@@ -1,5 +1,6 @@
 """options.groupware: SOGo's files exist only with it, read like their golden files, keep
-its database password in secret files only, and bind SOGo to the store like Dovecot."""
+its database password in secret files only, and bind SOGo and its database server (whose
+data lives in the store) to the store like Dovecot."""
 
 from __future__ import annotations
 
@@ -17,9 +18,12 @@ from mailstack.render.renderer import render_host, write_tree
 from mailstack.site.config import SiteConfig
 
 GROUPWARE_GOLDEN = GOLDEN / "groupware"
-# Only with the option.
-GROUPWARE_FILES = {"etc/sogo/sogo.conf", "etc/default/sogo", "etc/memcached.conf"}
-# Different with the option: SOGo's proxy, its database, its account, its fail2ban jail.
+# Only with the option (SOGo's database server's too).
+GROUPWARE_FILES = {"etc/sogo/sogo.conf", "etc/default/sogo", "etc/memcached.conf",
+                   "etc/systemd/system/mailstack-groupware-db.service",
+                   "etc/mysql/mailstack-groupware-db.cnf", "etc/mysql/mailstack-groupware-db.sql"}
+# Different with the option: SOGo's proxy, its view of the accounts, its account there, its
+# fail2ban jail.
 CHANGED_FILES = {"etc/nginx/conf.d/mailstack.conf", "etc/mailstack/schema.sql",
                  "etc/mailstack/db-users.sql", "etc/fail2ban/jail.d/mailstack.local"}
 SOGO_PASSWORD = "FAKE-sogo-pw/+"
@@ -60,12 +64,17 @@ def test_sogos_password_is_url_encoded_and_only_in_secret_files(tmp_path: Path):
     write_tree(files, tmp_path / "out")
     holding = {str(f.path) for f in files if SOGO_PASSWORD in f.content
                or "FAKE-sogo-pw%2F%2B" in f.content}
-    assert holding == {"etc/sogo/sogo.conf", "etc/mailstack/db-users.sql"}
+    assert holding == {"etc/sogo/sogo.conf", "etc/mailstack/db-users.sql",
+                       "etc/mysql/mailstack-groupware-db.sql"}
     for path in holding:
         assert stat.S_IMODE((tmp_path / "out" / path).stat().st_mode) == 0o600, path
     conf = next(f.content for f in files if str(f.path) == "etc/sogo/sogo.conf")
     # In a URL the password's / and + would end or change it.
-    assert "mysql://mailstack_sogo:FAKE-sogo-pw%2F%2B@127.0.0.1:3306/sogo/" in conf
+    # Its own data: on the socket of its database server (SOPE takes a host that starts
+    # with / for a socket); the accounts' view: on the main server.
+    assert ("mysql://mailstack_sogo:FAKE-sogo-pw%2F%2B@%2Frun%2Fmailstack-groupware-db"
+            "%2Fmariadbd.sock/sogo/sogo_user_profile") in conf
+    assert "mysql://mailstack_sogo:FAKE-sogo-pw%2F%2B@127.0.0.1:3306/mailstack/sogo_users" in conf
     assert SOGO_PASSWORD not in conf
 
 
@@ -74,7 +83,8 @@ def test_sogo_runs_only_with_the_store_mounted_and_status_shows_it():
     storage = json.loads(on["etc/mailstack/storage.json"])
     assert "sogo" in json.dumps(storage)
     facts = yaml.safe_load(on["mailstack_vars.yml"])
-    assert facts["mailstack_storage"]["bound_services"] == ["dovecot", "sogo"]
+    assert facts["mailstack_storage"]["bound_services"] == [
+        "dovecot", "mailstack-groupware-db", "sogo"]
     assert facts["mailstack_groupware"]["enabled"] is True
     off = yaml.safe_load(rendered(CONFIG)["mailstack_vars.yml"])
     assert off["mailstack_storage"]["bound_services"] == ["dovecot"]
@@ -107,3 +117,13 @@ def test_the_web_side_serves_the_groupware_over_https_only():
         assert location in https
     assert "proxy_pass http://127.0.0.1:20000/SOGo/Microsoft-Server-ActiveSync;" in https
     assert "SOGo" not in rendered(CONFIG)["etc/nginx/conf.d/mailstack.conf"]
+
+
+@pytest.mark.parametrize(("mailboxes", "workers"), [(1, 5), (2, 7), (4, 11), (30, 11)])
+def test_sogo_has_a_worker_per_pushing_device_up_to_a_limit(mailboxes, workers):
+    """An ActiveSync device holds a sogod worker for its whole Ping: 3 for the webmail and
+    DAV, 2 per mailbox, at most 11 (memory)."""
+    from mailstack.render.context import groupware_context
+
+    cfg = with_groupware().model_copy(update={"users": [CONFIG.users[0]] * mailboxes})
+    assert groupware_context(cfg, groupware_secrets().site)["workers"] == workers

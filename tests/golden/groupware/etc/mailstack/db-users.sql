@@ -33,11 +33,11 @@ ALTER USER 'mailstack_dovecot'@'127.0.0.1' IDENTIFIED BY 'FAKE-dovecot-pw';
 REVOKE ALL PRIVILEGES, GRANT OPTION FROM 'mailstack_dovecot'@'127.0.0.1';
 GRANT SELECT ON `mailstack`.mailboxes TO 'mailstack_dovecot'@'127.0.0.1';
 
--- SOGo (options.groupware): its own database, and the accounts' view (login, hash).
+-- SOGo (options.groupware): the accounts' view (login, hash) only; its own database is in
+-- mailstack-groupware-db, inside the encrypted store.
 CREATE USER IF NOT EXISTS 'mailstack_sogo'@'127.0.0.1' IDENTIFIED BY 'FAKE-sogo-pw/+';
 ALTER USER 'mailstack_sogo'@'127.0.0.1' IDENTIFIED BY 'FAKE-sogo-pw/+';
 REVOKE ALL PRIVILEGES, GRANT OPTION FROM 'mailstack_sogo'@'127.0.0.1';
-GRANT ALL PRIVILEGES ON `sogo`.* TO 'mailstack_sogo'@'127.0.0.1';
 GRANT SELECT ON `mailstack`.`sogo_users` TO 'mailstack_sogo'@'127.0.0.1';
 
 -- Postfix: reads domains, aliases, whether a mailbox exists and has a quota, never a
@@ -55,9 +55,9 @@ ALTER USER 'mailstack_dovecot'@'localhost' IDENTIFIED BY 'FAKE-dovecot-pw';
 REVOKE ALL PRIVILEGES, GRANT OPTION FROM 'mailstack_dovecot'@'localhost';
 GRANT SELECT ON `mailstack`.mailboxes TO 'mailstack_dovecot'@'localhost';
 
--- SOGo (options.groupware): its own database, and the accounts' view (login, hash).
+-- SOGo (options.groupware): the accounts' view (login, hash) only; its own database is in
+-- mailstack-groupware-db, inside the encrypted store.
 CREATE USER IF NOT EXISTS 'mailstack_sogo'@'localhost' IDENTIFIED BY 'FAKE-sogo-pw/+';
 ALTER USER 'mailstack_sogo'@'localhost' IDENTIFIED BY 'FAKE-sogo-pw/+';
 REVOKE ALL PRIVILEGES, GRANT OPTION FROM 'mailstack_sogo'@'localhost';
-GRANT ALL PRIVILEGES ON `sogo`.* TO 'mailstack_sogo'@'localhost';
 GRANT SELECT ON `mailstack`.`sogo_users` TO 'mailstack_sogo'@'localhost';

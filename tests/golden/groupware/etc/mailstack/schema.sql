@@ -45,7 +45,5 @@ CREATE OR REPLACE SQL SECURITY DEFINER VIEW `sogo_users` AS
   SELECT address AS c_uid, address AS c_name, password_hash AS c_password,
          address AS c_cn, address AS mail
   FROM mailboxes WHERE enabled = 1;
-
--- SOGo's own database: it creates its tables there itself, in this character set.
-CREATE DATABASE IF NOT EXISTS `sogo`
-  CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;
+-- (SOGo's own database is not here: it lives in the encrypted store, in a server of its own,
+-- mailstack-groupware-db.)

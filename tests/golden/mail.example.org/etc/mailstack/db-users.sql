@@ -48,5 +48,6 @@ ALTER USER 'mailstack_dovecot'@'localhost' IDENTIFIED BY 'FAKE-dovecot-pw';
 REVOKE ALL PRIVILEGES, GRANT OPTION FROM 'mailstack_dovecot'@'localhost';
 GRANT SELECT ON `mailstack`.mailboxes TO 'mailstack_dovecot'@'localhost';
 
--- No groupware: no SOGo account (its database, if any, stays: calendars are not thrown away).
+-- No groupware: no SOGo account here (its database in the store stays: calendars are not
+-- thrown away).
 DROP USER IF EXISTS 'mailstack_sogo'@'127.0.0.1', 'mailstack_sogo'@'localhost';
