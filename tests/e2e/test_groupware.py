@@ -54,6 +54,7 @@ from xml.etree import ElementTree
 import pytest
 import testbed
 
+from mailstack.render.context import SOGO, VMAIL
 from mailstack.sandbox import host as sandbox
 from mailstack.site.directory import Site
 from mailstack.site.tls import site_key
@@ -350,8 +351,8 @@ def test_carddav_stores_a_contact_and_syncs_it_as_clients_do(bed):
     assert web.request("GET", f"{book}{uid}.vcf", auth=(ALICE, PASSWORD + "x")).status == 401
 
 
-STORE = "/var/mail/vhosts"  # VMAIL["root"]: the encrypted store's mount
-GROUPWARE_DB = "mailstack-groupware-db"
+STORE = VMAIL["root"]  # the encrypted store's mount
+GROUPWARE_DB = SOGO["db"]["service"]
 
 
 def grep_host(bed, text: str, *paths: str) -> list[str]:
@@ -371,7 +372,7 @@ def test_calendars_and_contacts_are_encrypted_at_rest(bed):
     uid = str(uuid.uuid4())
     dav_put(bed.web, "caldav", f"/SOGo/dav/{ALICE}/Calendar/personal/{uid}.ics",
             EVENT.format(uid=uid, summary=marker), "text/calendar")
-    datadir = f"{STORE}/.groupware/db"
+    datadir = SOGO["db"]["datadir"]
     assert grep_host(bed, marker, datadir), "the event is not in the groupware's database"
     mount = testbed.exec_in(bed.name, ["findmnt", "-n", "-o", "FSTYPE", "-T", datadir]).stdout
     assert mount.strip() == "fuse.gocryptfs", mount
@@ -558,7 +559,7 @@ def test_turning_the_groupware_off_stops_it_and_keeps_its_data(bed):
     accounts = testbed.exec_in(bed.name, ["mariadb", "-N", "-e",
                                           "SELECT user FROM mysql.user WHERE user LIKE '%sogo%'"])
     assert accounts.stdout.strip() == "", accounts.stdout
-    assert testbed.exec_in(bed.name, ["test", "-d", f"{STORE}/.groupware/db/sogo"],
+    assert testbed.exec_in(bed.name, ["test", "-d", f"{SOGO['db']['datadir']}/sogo"],
                            check=False).returncode == 0
     again = mailstack(bed.site, "deploy")
     assert again.returncode == 0 and "no changes" in again.stdout, again.stdout + again.stderr

@@ -49,7 +49,7 @@ from xml.etree import ElementTree
 import pytest
 import testbed
 
-from mailstack.render.context import BACKUP_STATE_FILE
+from mailstack.render.context import BACKUP_STATE_FILE, SOGO
 from mailstack.sandbox import host as sandbox
 
 from .helpers import (
@@ -376,7 +376,7 @@ def test_restore_onto_a_new_host_gives_identical_mailboxes_and_the_waiting_mail(
     # The calendar: the archive's run dumped SOGo's database (it was running), and the
     # new host's database server loaded that dump into a new data directory.
     assert drill.events[0] in calendar(new.ip)
-    assert testbed.exec_in(new.name, ["test", "-e", "/var/mail/vhosts/.groupware/load-dump"],
+    assert testbed.exec_in(new.name, ["test", "-e", SOGO["db"]["load_marker"]],
                            check=False).returncode == 1
     # The same DKIM key: what the site publishes is what the new host signs with.
     key = run(new.name, "cat", f"/etc/opendkim/keys/{DOMAIN}/"
