@@ -166,6 +166,15 @@ class BoxedHost:
     # The first deploy's output (its warnings among it).
     deployed: subprocess.CompletedProcess[str] | None = None
 
+    @property
+    def outside(self) -> str:
+        """The box's outside mail host (it sends as outside.test)."""
+        return self.internet.sender.host.name  # type: ignore[union-attr]
+
+    def run(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """A command on the mail host."""
+        return testbed.exec_in(self.name, list(cmd), check=check)
+
 
 @dataclass(frozen=True)
 class SiteSpec:

@@ -45,7 +45,7 @@ CLAMAV_UNITS = ("clamav-daemon.socket", "clamav-daemon.service", "clamav-freshcl
 
 
 def run(bed: BoxedHost, *cmd: str, check: bool = True):
-    return testbed.exec_in(bed.name, list(cmd), check=check)
+    return bed.run(*cmd, check=check)
 
 
 def mail(subject: str, attachment: bytes, filename: str) -> str:
@@ -62,7 +62,7 @@ def mail(subject: str, attachment: bytes, filename: str) -> str:
 def send_outside(bed: BoxedHost, text: str):
     """swaks from the box's sender on port 25 with this exact message."""
     path = f"/tmp/msg-{secrets.token_hex(4)}.eml"
-    write_file(bed.internet.sender.host.name, path, text)
+    write_file(bed.outside, path, text)
     return bed.internet.sender.swaks(bed.ip, to=ALICE, mail_from=SENDER, helo="mx.good.test",
                                      args=["--data", f"@{path}"])
 

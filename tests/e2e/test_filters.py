@@ -112,13 +112,6 @@ def text_message(subject: str, *, sender: str, to: str, headers: str = "", body:
 class Bed(BoxedHost):
     timings: dict[str, float] = field(default_factory=dict)
 
-    @property
-    def outside(self) -> str:
-        return self.internet.sender.host.name  # type: ignore[union-attr]
-
-    def run(self, *cmd: str, check: bool = True):
-        return testbed.exec_in(self.name, list(cmd), check=check)
-
     def send(self, message: bytes, *, sender: str, rcpts: list[str], size: bool = True) -> dict:
         """One SMTP transaction from the outside host; every answer."""
         cmd = ["python3", "-c", SEND, self.ip, sender, *rcpts, *([] if size else ["--no-size"])]
@@ -222,7 +215,7 @@ def setup_box(bed: BoxedHost) -> None:
                                                    spf="v=spf1 ip4:192.0.2.1 -all",
                                                    dmarc="v=DMARC1; p=quarantine")
                           if r.type != "PTR"])
-    testbed.exec_in(bed.internet.sender.host.name, ["bash", "-ec",  # type: ignore[union-attr]
+    testbed.exec_in(bed.outside, ["bash", "-ec",
                     f"install -d -o nobody -g nogroup {SINK_DIR} && systemd-run --quiet "
                     f"--unit=smtp-sink smtp-sink -u nobody -d '{SINK_DIR}/%H%M%S.' 0.0.0.0:25 64 "
                     "&& until ss -ltn | grep -q ':25 '; do sleep 0.1; done"])

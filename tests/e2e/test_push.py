@@ -66,13 +66,6 @@ def tag() -> str:
 class Bed(BoxedHost):
     timings: dict[str, float] = field(default_factory=dict)
 
-    @property
-    def outside(self) -> str:
-        return self.internet.sender.host.name  # type: ignore[union-attr]
-
-    def run(self, *cmd: str, check: bool = True):
-        return testbed.exec_in(self.name, list(cmd), check=check)
-
     def deliver(self, subject: str, rcpt: str = ALICE) -> tuple[str, float]:
         """One message from the outside host; its Message-ID and when DATA was accepted."""
         msgid = email.utils.make_msgid(domain=OUTSIDE)

@@ -120,7 +120,7 @@ def publish_site(bed: BoxedHost) -> None:
 
 
 def run(bed: BoxedHost, *cmd: str, check: bool = True):
-    return testbed.exec_in(bed.name, list(cmd), check=check)
+    return bed.run(*cmd, check=check)
 
 
 def postfix_log(bed: BoxedHost) -> str:
