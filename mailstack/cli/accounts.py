@@ -81,20 +81,26 @@ def user_profile(
         "--with-password", help="Put the password in the profile (asked, or --password-stdin); "
                                 "it must be the mailbox's.")] = False,
     password_stdin: Annotated[bool, typer.Option("--password-stdin")] = False,
+    protocol: Annotated[str | None, typer.Option(
+        "--protocol", metavar="activesync|imap",
+        help="activesync (the default with options.groupware: mail, calendars and contacts "
+             "with push) or imap (IMAP and submission; with the groupware also CalDAV and "
+             "CardDAV).")] = None,
 ) -> None:
     """Print an Apple configuration profile for a mailbox (iPhone, iPad, Mac):
     `mailstack user profile alice@example.org > alice.mobileconfig`. No password inside
     unless --with-password: the phone asks for it."""
     import sys
 
-    from mailstack.render.profile import mobileconfig
+    from mailstack.render.profile import choose_protocol, mobileconfig
     from mailstack.site.names import normalize_address
 
     site = opts(ctx).site()
+    protocol = choose_protocol(site, protocol)
     password = None
     if with_password or password_stdin:
         site, password = site_and_password(ctx, address, password_stdin)
-    data = mobileconfig(site, normalize_address(address), password)
+    data = mobileconfig(site, normalize_address(address), password, protocol)
     sys.stdout.buffer.write(data)
     sys.stdout.buffer.flush()
 

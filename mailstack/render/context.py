@@ -47,7 +47,16 @@ TLS_DIR = "/etc/mailstack/tls"
 WEB = {"service": "nginx", "conf_file": "/etc/nginx/conf.d/mailstack.conf",
        "root": "/var/www/mailstack", "http_port": 80, "https_port": 443,
        # Debian's example site listens on port 80 as the default server: replaced by ours.
-       "stock_site": "/etc/nginx/sites-enabled/default"}
+       "stock_site": "/etc/nginx/sites-enabled/default",
+       # The documents it serves, below root (the web role places them).
+       "documents": ["mta-sts.txt", "autoconfig/mail/config-v1.1.xml",
+                     "autodiscover/autodiscover.xml"],
+       # With the groupware, autodiscover answers by what the request's body asks for; nginx
+       # reads a body only to pass it on, so it passes it to a server of its own on loopback
+       # with the schema asked for in a header (templates/etc/nginx/conf.d/mailstack.conf.j2).
+       "autodiscover_port": 20080,
+       # The phones' (Exchange ActiveSync) answer, with the groupware only.
+       "mobilesync_document": "autodiscover/mobilesync.xml"}
 # The names each mail domain serves over HTTPS (the certificate covers them with the host
 # name): the MTA-STS policy host, Thunderbird's autoconfig and Outlook's autodiscover.
 WEB_NAME_PREFIXES = ("mta-sts", "autoconfig", "autodiscover")
@@ -630,6 +639,13 @@ def build_context(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> dict[st
             "mta_sts": {**MTA_STS_RESOLVER, "enabled": relay is None},
         },
         "web": {**WEB, "acme_webroot": ACME["webroot"],
+                "documents": WEB["documents"] + (
+                    [WEB["mobilesync_document"]] if cfg.options.groupware else []),
+                # What must not be there: Debian's example site, and the phones' answer
+                # once the groupware is off.
+                "absent": [WEB["stock_site"]] + (
+                    [] if cfg.options.groupware
+                    else [f"{WEB['root']}/{WEB['mobilesync_document']}"]),
                 **{f"{prefix.replace('-', '_')}_names": [f"{prefix}.{d}" for d in domains]
                    for prefix in WEB_NAME_PREFIXES},
                 "mta_sts_policy": mta_sts_policy(cfg),
@@ -729,7 +745,7 @@ def host_vars(context: dict[str, Any]) -> dict[str, Any]:
         "mailstack_mta_sts": {k: context["smtp_tls"]["mta_sts"][k] for k in (
             "enabled", "service", "conf_file")},
         "mailstack_web": {k: context["web"][k] for k in (
-            "service", "conf_file", "root", "stock_site", "acme_webroot")},
+            "service", "conf_file", "root", "acme_webroot", "documents", "absent")},
         "mailstack_dkim_keys_dir": DKIM_KEYS_DIR,
         "mailstack_sieve_dirs": [SIEVE_DIR, SIEVE_PIPE_DIR],
         "mailstack_quota_warning_script": QUOTA["warning_script"],

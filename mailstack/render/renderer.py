@@ -19,7 +19,7 @@ import yaml
 
 from mailstack.files import write_atomic
 from mailstack.host import acme, backup_tool, sealer, storage_tool
-from mailstack.render.context import build_context, host_vars
+from mailstack.render.context import WEB, build_context, host_vars
 from mailstack.resources import resource_dir
 from mailstack.site.config import SiteConfig
 from mailstack.site.directory import Site
@@ -106,7 +106,8 @@ BACKUP_PREFIXES = ("etc/mailstack/backup", "etc/systemd/system/mailstack-backup"
 # database server's.
 GROUPWARE_PREFIXES = ("etc/sogo/", "etc/default/sogo", "etc/memcached.conf",
                       "etc/mysql/mailstack-groupware-db.",
-                      "etc/systemd/system/mailstack-groupware-db.")
+                      "etc/systemd/system/mailstack-groupware-db.",
+                      f"{WEB['root'].lstrip('/')}/{WEB['mobilesync_document']}")
 
 
 def _wanted(target: str, context: dict[str, Any]) -> bool:

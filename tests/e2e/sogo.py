@@ -63,6 +63,16 @@ class Web:
                 self.cookies[name] = morsel.value
         return Response(resp.status, resp.headers, data)
 
+    def put_new(self, path: str, text: str, content_type: str,
+                auth: tuple[str, str]) -> Response:
+        """A new DAV resource (an event, a contact), as clients create one: it must not
+        exist yet (If-None-Match: *)."""
+        put = self.request("PUT", path, text.encode(),
+                           {"Content-Type": f"{content_type}; charset=utf-8",
+                            "If-None-Match": "*"}, auth=auth)
+        assert put.status in (201, 204), (put.status, put.body[:500])
+        return put
+
     def login(self, user: str, password: str) -> Response:
         return self.request("POST", "/SOGo/connect",
                             json.dumps({"userName": user, "password": password,

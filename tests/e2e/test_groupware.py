@@ -19,6 +19,9 @@ ActiveSync, tests/e2e/wbxml.py):
 - Exchange ActiveSync: OPTIONS announces the protocol versions; FolderSync lists the INBOX,
   Sync brings the delivered message; a waiting Ping answers when new mail arrives (push),
   and the next Sync brings it;
+- phones set themselves up from an address and a password: autodiscover's mobilesync
+  answer names ActiveSync's URL (Outlook's still IMAP and SMTP), and `mailstack user
+  profile` (ActiveSync; or IMAP with CalDAV and CardDAV) names what logs in;
 - while the store is locked, webmail, DAV and ActiveSync answer 503 (never an empty
   mailbox), SOGo's database server is stopped, and after `mailstack unlock` the INBOX and
   the calendar are back;
@@ -38,6 +41,7 @@ import email.utils
 import html
 import http.client
 import json
+import plistlib
 import re
 import secrets
 import smtplib
@@ -54,7 +58,7 @@ from xml.etree import ElementTree
 import pytest
 import testbed
 
-from mailstack.render.context import SOGO, VMAIL
+from mailstack.render.context import SOGO, VMAIL, WEB
 from mailstack.sandbox import host as sandbox
 from mailstack.site.directory import Site
 from mailstack.site.tls import site_key
@@ -279,10 +283,7 @@ def dav_put(web: Web, well_known: str, path: str, text: str, content_type: str) 
     found = web.request("PROPFIND", f"/.well-known/{well_known}", auth=auth)
     assert found.status == 301
     assert found.headers["Location"].endswith("/SOGo/dav/")
-    put = web.request("PUT", path, text.encode(),
-                      {"Content-Type": f"{content_type}; charset=utf-8", "If-None-Match": "*"},
-                      auth=auth)
-    assert put.status in (201, 204), (put.status, put.body[:500])
+    web.put_new(path, text, content_type, auth)
     got = web.request("GET", path, auth=auth)
     assert got.status == 200
     return got
@@ -396,6 +397,79 @@ def test_activesync_options_announce_the_protocol(bed):
     assert unauthenticated.status == 401
 
 
+AUTODISCOVER_REQUEST = """<?xml version="1.0" encoding="utf-8"?>
+<Autodiscover xmlns="http://schemas.microsoft.com/exchange/autodiscover/{kind}/requestschema/2006">
+  <Request>
+    <EMailAddress>{address}</EMailAddress>
+    <AcceptableResponseSchema>http://schemas.microsoft.com/exchange/autodiscover/{kind}/responseschema/{version}</AcceptableResponseSchema>
+  </Request>
+</Autodiscover>"""
+AUTODISCOVER_NS = "{http://schemas.microsoft.com/exchange/autodiscover/%s/responseschema/%s}"
+
+
+def autodiscover(bed, kind: str, address: str) -> ElementTree.Element:
+    """The POST a client sends with the address it was given (iOS and Android's mail apps
+    ask for the mobilesync schema, Outlook for its own)."""
+    version = "2006" if kind == "mobilesync" else "2006a"
+    web = Web(bed.ip, f"autodiscover.{DOMAIN}")
+    answer = web.request("POST", "/autodiscover/autodiscover.xml",
+                         AUTODISCOVER_REQUEST.format(kind=kind, address=address,
+                                                     version=version).encode(),
+                         {"Content-Type": "text/xml"})
+    assert answer.status == 200, (answer.status, answer.body[:300])
+    assert answer.headers["Content-Type"].split(";")[0] in ("application/xml", "text/xml")
+    return ElementTree.fromstring(answer.body)
+
+
+def test_phones_find_activesync_from_the_address_alone(bed):
+    """Autodiscover: the phones' schema gets ActiveSync's URL and the address; that URL
+    logs in; Outlook's schema still gets IMAP and SMTP."""
+    ns = AUTODISCOVER_NS % ("mobilesync", "2006")
+    phone = autodiscover(bed, "mobilesync", ALICE)
+    assert phone.findtext(f".//{ns}User/{ns}EMailAddress") == ALICE
+    (server,) = phone.iter(f"{ns}Server")
+    assert server.findtext(f"{ns}Type") == "MobileSync"
+    url = server.findtext(f"{ns}Url")
+    assert url == f"https://mail.{DOMAIN}{EAS_PATH}", url
+    answer = Web(bed.ip, f"mail.{DOMAIN}").request("OPTIONS", url.split(f"mail.{DOMAIN}", 1)[1],
+                                                   auth=(ALICE, PASSWORD))
+    assert answer.status == 200 and "14.1" in answer.headers["MS-ASProtocolVersions"]
+    # What the request names goes into the answer only as an address: nothing else gets in.
+    odd = autodiscover(bed, "mobilesync", '"/><Action><Error/></Action>&lt;x@y.test')
+    assert odd.findtext(f".//{ns}User/{ns}EMailAddress") in ("", None)
+    assert not list(odd.iter(f"{ns}Error"))
+    ns = AUTODISCOVER_NS % ("outlook", "2006a")
+    outlook = autodiscover(bed, "outlook", ALICE)
+    assert {p.findtext(f"{ns}Type") for p in outlook.iter(f"{ns}Protocol")} == {"IMAP", "SMTP"}
+
+
+def test_the_apple_profile_logs_in_to_activesync_and_dav(bed):
+    """`mailstack user profile`: by default an ActiveSync account (push on iOS); with
+    --protocol imap, IMAP with CalDAV and CardDAV accounts. What they name logs in."""
+    made = mailstack(bed.site, "user", "profile", ALICE)
+    assert made.returncode == 0, made.stderr
+    (eas_account,) = plistlib.loads(made.stdout.encode())["PayloadContent"]
+    assert eas_account["PayloadType"] == "com.apple.eas.account" and eas_account["SSL"]
+    web = Web(bed.ip, eas_account["Host"])
+    answer = web.request("OPTIONS", EAS_PATH, auth=(eas_account["UserName"], PASSWORD))
+    assert answer.status == 200, (answer.status, answer.body[:300])
+    made = mailstack(bed.site, "user", "profile", ALICE, "--protocol", "imap")
+    assert made.returncode == 0, made.stderr
+    accounts = {a["PayloadType"]: a for a in plistlib.loads(made.stdout.encode())["PayloadContent"]}
+    assert set(accounts) == {"com.apple.mail.managed", "com.apple.caldav.account",
+                             "com.apple.carddav.account"}
+    for prefix in ("CalDAV", "CardDAV"):
+        account = accounts[f"com.apple.{prefix.lower()}.account"]
+        principal = account[f"{prefix}PrincipalURL"]
+        assert principal.startswith(f"https://{account[f'{prefix}HostName']}/")
+        path = "/" + principal.split("/", 3)[3]
+        propfind = Web(bed.ip, account[f"{prefix}HostName"]).request(
+            "PROPFIND", path, b'<propfind xmlns="DAV:"><prop><current-user-principal/></prop></propfind>',
+            {"Content-Type": "application/xml", "Depth": "0"},
+            auth=(account[f"{prefix}Username"], PASSWORD))
+        assert propfind.status == 207, (prefix, propfind.status, propfind.body[:300])
+
+
 DEVICE = f"mst{RUN}"
 
 
@@ -479,7 +553,7 @@ def test_verify_checks_the_webmail_activesync_and_push(bed):
     result = mailstack(bed.site, "verify", "--json", "--no-dns")
     checks = {c["name"]: c for c in json.loads(result.stdout)}
     for name in ("webmail login over HTTPS", "ActiveSync answers OPTIONS",
-                 "IMAP IDLE tells of new mail (push)"):
+                 "autodiscover tells phones of ActiveSync", "IMAP IDLE tells of new mail (push)"):
         assert checks[name]["passed"], checks[name]
     assert "14.1" in checks["ActiveSync answers OPTIONS"]["detail"]
 
@@ -545,7 +619,8 @@ def test_repeated_webmail_failures_ban_the_address(bed):
 
 def test_turning_the_groupware_off_stops_it_and_keeps_its_data(bed):
     """options.groupware back to false: a deploy stops and disables SOGo, its database
-    server and memcached, nginx no longer proxies to SOGo, SOGo's account on the main
+    server and memcached, nginx no longer proxies to SOGo nor sends phones to ActiveSync
+    (the phones' autodiscover answer is removed), SOGo's account on the main
     server is gone; the calendars and contacts stay in the store (nothing thrown away)."""
     edit_config(bed.site, ("  groupware: true\n", "  groupware: false\n"))
     off = mailstack(bed.site, "deploy")
@@ -556,6 +631,11 @@ def test_turning_the_groupware_off_stops_it_and_keeps_its_data(bed):
         state = testbed.exec_in(bed.name, ["systemctl", "is-active", unit], check=False)
         assert state.stdout.strip() == "inactive", (unit, state.stdout)
     assert bed.web.login(ALICE, PASSWORD).status == 404
+    # Phones are no longer sent to ActiveSync: autodiscover has Outlook's answer only.
+    answer = autodiscover(bed, "mobilesync", ALICE)
+    assert not list(answer.iter(f"{AUTODISCOVER_NS % ('mobilesync', '2006')}Server"))
+    phones = f"{WEB['root']}/{WEB['mobilesync_document']}"
+    assert testbed.exec_in(bed.name, ["test", "-e", phones], check=False).returncode == 1
     accounts = testbed.exec_in(bed.name, ["mariadb", "-N", "-e",
                                           "SELECT user FROM mysql.user WHERE user LIKE '%sogo%'"])
     assert accounts.stdout.strip() == "", accounts.stdout

@@ -197,12 +197,9 @@ def put_event(drill: Drill) -> str:
     """An event in alice's calendar over CalDAV (SOGo's database, in the store); its summary."""
     summary = f"Drill event {secrets.token_hex(6)}"
     uid = str(uuid.uuid4())
-    put = Web(drill.bed.ip, HOSTNAME).request(
-        "PUT", f"/SOGo/dav/{ALICE}/Calendar/personal/{uid}.ics",
-        EVENT.format(uid=uid, summary=summary).encode(),
-        {"Content-Type": "text/calendar; charset=utf-8", "If-None-Match": "*"},
-        auth=(ALICE, PASSWORD))
-    assert put.status in (201, 204), (put.status, put.body[:500])
+    Web(drill.bed.ip, HOSTNAME).put_new(f"/SOGo/dav/{ALICE}/Calendar/personal/{uid}.ics",
+                                        EVENT.format(uid=uid, summary=summary),
+                                        "text/calendar", (ALICE, PASSWORD))
     drill.events.append(summary)
     return summary
 

@@ -85,3 +85,41 @@ def test_the_apple_profile_takes_only_the_mailbox_s_own_password(cli):
 def test_a_profile_for_an_unknown_mailbox_is_refused(cli):
     result = cli("user", "profile", "nobody@example.org")
     assert result.exit_code != 0 and "not a mailbox of this site" in result.output
+
+
+def _groupware(cli) -> None:
+    config = cli.site / "mailstack.yml"
+    text = config.read_text()
+    assert "  groupware: false\n" in text
+    config.write_text(text.replace("  groupware: false\n", "  groupware: true\n"))
+
+
+def test_with_the_groupware_the_apple_profile_is_activesync_or_imap_with_dav(cli):
+    _user(cli)
+    _groupware(cli)
+    made = cli("user", "profile", ALICE, "--password-stdin", input=PASSWORD + "\n")
+    assert made.exit_code == 0, made.output
+    (account,) = plistlib.loads(made.stdout_bytes)["PayloadContent"]
+    assert account["PayloadType"] == "com.apple.eas.account"
+    assert (account["Host"], account["UserName"], account["EmailAddress"], account["SSL"],
+            account["Password"]) == ("mail.example.org", ALICE, ALICE, True, PASSWORD)
+    imap = cli("user", "profile", ALICE, "--protocol", "imap")
+    assert imap.exit_code == 0, imap.output
+    accounts = {a["PayloadType"]: a for a in plistlib.loads(imap.stdout_bytes)["PayloadContent"]}
+    assert set(accounts) == {"com.apple.mail.managed", "com.apple.caldav.account",
+                             "com.apple.carddav.account"}
+    caldav = accounts["com.apple.caldav.account"]
+    assert caldav["CalDAVPrincipalURL"] == f"https://mail.example.org/SOGo/dav/{ALICE}/"
+    assert caldav["CalDAVPort"] == 443 and caldav["CalDAVUseSSL"]
+    assert "CalDAVPassword" not in caldav
+    # Distinct identifiers: installing one payload never replaces another.
+    assert len({a["PayloadUUID"] for a in accounts.values()}) == 3
+
+
+def test_an_activesync_profile_without_the_groupware_is_refused_before_any_prompt(cli):
+    _user(cli)
+    result = cli("user", "profile", ALICE, "--protocol", "activesync", "--with-password")
+    assert result.exit_code == 1 and "options.groupware: true" in result.output
+    assert "assword" not in result.output.split("needs")[0]
+    odd = cli("user", "profile", ALICE, "--protocol", "pop3")
+    assert odd.exit_code == 1 and "one of activesync, imap" in odd.output

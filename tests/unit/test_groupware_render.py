@@ -21,7 +21,9 @@ GROUPWARE_GOLDEN = GOLDEN / "groupware"
 # Only with the option (SOGo's database server's too).
 GROUPWARE_FILES = {"etc/sogo/sogo.conf", "etc/default/sogo", "etc/memcached.conf",
                    "etc/systemd/system/mailstack-groupware-db.service",
-                   "etc/mysql/mailstack-groupware-db.cnf", "etc/mysql/mailstack-groupware-db.sql"}
+                   "etc/mysql/mailstack-groupware-db.cnf", "etc/mysql/mailstack-groupware-db.sql",
+                   # The phones' autodiscover answer (ActiveSync).
+                   "var/www/mailstack/autodiscover/mobilesync.xml"}
 # Different with the option: SOGo's proxy, its view of the accounts, its account there, its
 # fail2ban jail.
 CHANGED_FILES = {"etc/nginx/conf.d/mailstack.conf", "etc/mailstack/schema.sql",
