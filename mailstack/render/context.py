@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import quote
 
 from mailstack.errors import ConfigError
-from mailstack.host import acme, backup_tool, sealer, storage_tool
+from mailstack.host import acme, backup_tool, fts_decoder, sealer, storage_tool
 from mailstack.site.config import RESERVED_LOCAL_PART, SiteConfig, duration_seconds
 from mailstack.site.inventory import InventoryHost
 from mailstack.site.tls import CERTIFICATE as TLS_CERTIFICATE
@@ -84,6 +84,12 @@ FTS = {
     "optimize_timer": "mailstack-fts-optimize.timer",
     # Its package, from APT_BACKPORTS (the dovecot role installs it).
     "package": "dovecot-fts-xapian",
+    # Attachments' text (PDF, office documents): mailstack-fts-decoder (a host tool,
+    # mailstack/host/fts_decoder.py) behind Dovecot's script service of the same name,
+    # running as a user of its own (what it reads is what strangers mail) that can read no
+    # mail; its PDF reader, pdftotext, is Debian's poppler-utils (the dovecot role's).
+    "decoder": {"tool": fts_decoder.PATH, "service": "mailstack-fts-decoder",
+                "user": "mailstack-decoder", "vsz_limit": "512M"},
 }
 # Debian packages apt takes from bookworm-backports, pinned one by one: every other package
 # stays bookworm's. dovecot-fts-xapian: bookworm's 1.5.5 indexed 12 messages/s into an
@@ -751,7 +757,8 @@ def host_vars(context: dict[str, Any]) -> dict[str, Any]:
         "mailstack_quota_warning_script": QUOTA["warning_script"],
         "mailstack_pop3": context["pop3"]["enabled"],
         "mailstack_apt_backports": dict(APT_BACKPORTS),
-        "mailstack_fts": {k: context["fts"][k] for k in ("optimize_service", "optimize_timer", "package")},
+        "mailstack_fts": {k: context["fts"][k] for k in (
+            "optimize_service", "optimize_timer", "package", "decoder")},
         "mailstack_inotify_limits": dict(context["inotify"]),
         "mailstack_spam_group": context["spam"]["group"],
         "mailstack_spam_user": RSPAMD["user"],

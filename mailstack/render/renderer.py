@@ -18,7 +18,7 @@ import jinja2
 import yaml
 
 from mailstack.files import write_atomic
-from mailstack.host import acme, backup_tool, sealer, storage_tool
+from mailstack.host import acme, backup_tool, fts_decoder, sealer, storage_tool
 from mailstack.render.context import WEB, build_context, host_vars
 from mailstack.resources import resource_dir
 from mailstack.site.config import SiteConfig
@@ -30,6 +30,7 @@ STORAGE_TOOL_FILE = PurePosixPath(storage_tool.PATH.lstrip("/"))
 SEALER_FILE = PurePosixPath(sealer.PATH.lstrip("/"))
 ACME_TOOL_FILE = PurePosixPath(acme.PATH.lstrip("/"))
 BACKUP_TOOL_FILE = PurePosixPath(backup_tool.PATH.lstrip("/"))
+FTS_DECODER_FILE = PurePosixPath(fts_decoder.PATH.lstrip("/"))
 # The sealer's units exist only with an encrypted store.
 SEALER_PREFIXES = ("etc/systemd/system/mailstack-seal",)
 
@@ -135,7 +136,8 @@ def render_host(cfg: SiteConfig, secrets: Any, host: InventoryHost) -> list[Rend
     context = build_context(cfg, secrets, host)
     env = environment()
     files = [_host_vars_file(context),
-             RenderedFile(STORAGE_TOOL_FILE, Path(storage_tool.__file__).read_text(), False)]
+             RenderedFile(STORAGE_TOOL_FILE, Path(storage_tool.__file__).read_text(), False),
+             RenderedFile(FTS_DECODER_FILE, Path(fts_decoder.__file__).read_text(), False)]
     if context["storage"]["sealing"]["enabled"]:
         files.append(RenderedFile(SEALER_FILE, Path(sealer.__file__).read_text(), False))
     if context["tls"]["acme"]["enabled"]:

@@ -4,6 +4,9 @@ delivered through Postfix and LMTP as from the outside, searched with a real IMA
 
 - SEARCH BODY, TEXT, SUBJECT and FROM find non-ASCII words ("Größe", "café", "naïve") in
   the INBOX and in other folders, the text of a text attachment too, and nothing else;
+- the words of PDF, Word and OpenDocument attachments are found (mailstack-fts-decoder,
+  as its own user, which cannot read the mail); a message whose attachment is an entity
+  bomb is indexed by its other words;
 - the index is used, not a scan: a message rewritten on disk behind Dovecot's back is still
   found by its old word and not by its new one (a scan, Dovecot with FTS off, finds the new);
 - a delivered message is in the index before anyone searches (indexed at delivery), and an
@@ -30,6 +33,7 @@ from pathlib import Path
 
 import pytest
 import testbed
+from documents import DOCX, ODT, docx, entity_bomb_docx, odt, pdf
 
 from mailstack.render.context import FTS, VMAIL
 from mailstack.sandbox import host as sandbox
@@ -63,13 +67,18 @@ class Box:
 
 
 def mail(subject: str, body: str, *, sender: str = "Outside <someone@outside.test>",
-         attachment: str | None = None, cte: str | None = None) -> EmailMessage:
+         attachment: str | None = None, cte: str | None = None,
+         files: tuple[tuple[bytes, str, str], ...] = ()) -> EmailMessage:
+    """A message; `files` are binary attachments: (bytes, content type, file name)."""
     msg = EmailMessage()
     msg["From"], msg["To"], msg["Subject"] = sender, ALICE, subject
     msg["Date"], msg["Message-ID"] = email.utils.formatdate(), email.utils.make_msgid()
     msg.set_content(body, cte=cte) if cte else msg.set_content(body)
     if attachment is not None:
         msg.add_attachment(attachment, subtype="plain", filename="notes.txt")
+    for data, content_type, filename in files:
+        maintype, subtype = content_type.split("/")
+        msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename)
     return msg
 
 
@@ -132,6 +141,8 @@ ATTACHED = "Notes attached"
 REWRITTEN = "Rewritten behind Dovecot's back"
 ARCHIVED = "Archivé: naïve questions"
 GOING = "This one will be expunged"
+DOCUMENTS = "Documents attached"
+HOSTILE = "A hostile attachment"
 
 
 @pytest.fixture(scope="module")
@@ -162,8 +173,15 @@ def box(tmp_path_factory) -> Iterator[Box]:
                      sender="Zoë Müller <zoe@outside.test>"),
                 mail(ATTACHED, "See the file.", attachment=f"the {word('wombat')} notes"),
                 mail(REWRITTEN, f"The word {word('before')} is here."),
-                mail(GOING, f"Soon gone: {word('going')} café"))
-        for subject in (GROESSE, CAFE, ATTACHED, REWRITTEN, GOING):
+                mail(GOING, f"Soon gone: {word('going')} café"),
+                mail(DOCUMENTS, "See the documents.", files=(
+                    (pdf(f"The {word('pdf')} report"), "application/pdf", "report.pdf"),
+                    (docx(["Die ", "Überweisung ", word("docx")]), DOCX, "letter.docx"),
+                    (odt(f"<text:p>Un <text:span>pamplemousse</text:span> {word('odt')}</text:p>"),
+                     ODT, "note.odt"))),
+                mail(HOSTILE, f"Careful: {word('hostile')}",
+                     files=((entity_bomb_docx(), DOCX, "bomb.docx"),)))
+        for subject in (GROESSE, CAFE, ATTACHED, REWRITTEN, GOING, DOCUMENTS, HOSTILE):
             wait_in(bed.ip, "INBOX", subject)
         imap = imap_login(bed.ip, ALICE)
         try:
@@ -201,6 +219,21 @@ def test_non_ascii_words_are_found_in_body_text_subject_and_from(box, imap):
 
 def test_the_text_of_an_attachment_is_found(box, imap):
     assert search(imap, "INBOX", "BODY", quoted(word("wombat"))) == [ATTACHED]
+
+
+def test_the_words_of_pdf_and_office_attachments_are_found(box, imap):
+    for label in ("pdf", "docx", "odt"):
+        assert search(imap, "INBOX", "BODY", quoted(word(label))) == [DOCUMENTS], label
+    assert search(imap, "INBOX", "TEXT", quoted("Überweisung")) == [DOCUMENTS]
+    assert search(imap, "INBOX", "BODY", quoted("pamplemousse")) == [DOCUMENTS]
+    # The bomb gave no text, and its message is indexed by its own words.
+    assert search(imap, "INBOX", "BODY", quoted(word("hostile"))) == [HOSTILE]
+    # The decoder said why, in Dovecot's log.
+    log = box.sh("journalctl -u dovecot --no-pager")
+    assert "not read (a document type declaration)" in log, log[-3000:]
+    # What parses a stranger's file cannot read the mail.
+    denied = box.sh(f"runuser -u {FTS['decoder']['user']} -- ls {VMAIL['root']} 2>&1 || true")
+    assert "Permission denied" in denied, denied
 
 
 def test_other_folders_are_searched_too(box, imap):

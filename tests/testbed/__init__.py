@@ -114,6 +114,7 @@ STACK_PACKAGES: tuple[str, ...] = (
     "dovecot-managesieved",
     "dovecot-pop3d",
     "dovecot-fts-xapian",
+    "poppler-utils",
     "clamav-daemon",
     "clamav-freshclam",
     "nginx",

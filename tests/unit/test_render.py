@@ -15,9 +15,10 @@ import pytest
 from conftest import PASSWORD
 
 from mailstack.errors import ConfigError
-from mailstack.host import acme, sealer, storage_tool
+from mailstack.host import acme, fts_decoder, sealer, storage_tool
 from mailstack.render.renderer import (
     ACME_TOOL_FILE,
+    FTS_DECODER_FILE,
     SEALER_FILE,
     STORAGE_TOOL_FILE,
     render_host,
@@ -60,7 +61,8 @@ def fake_secrets() -> Secrets:
 def test_rendered_files_match_the_golden_files():
     files = render_host(CONFIG, fake_secrets(), HOST)
     # The host tools are placed verbatim (their source is in the package), not templated.
-    tools = {STORAGE_TOOL_FILE: storage_tool, SEALER_FILE: sealer, ACME_TOOL_FILE: acme}
+    tools = {STORAGE_TOOL_FILE: storage_tool, SEALER_FILE: sealer, ACME_TOOL_FILE: acme,
+             FTS_DECODER_FILE: fts_decoder}
     for f in files:
         if f.path in tools:
             assert f.content == Path(tools[f.path].__file__).read_text()
