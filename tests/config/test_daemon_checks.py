@@ -18,6 +18,7 @@ import testbed
 from typer.testing import CliRunner
 
 from mailstack.cli import app
+from mailstack.render.context import FTS
 
 pytestmark = pytest.mark.testbed
 PASSWORD = "correct horse battery staple"
@@ -324,6 +325,10 @@ def test_dovecot_sql_auth_accepts_the_argon2id_hash(host):
     run(host, "sh", "-c", "getent group vmail || groupadd -g 5000 vmail; getent passwd vmail "
                           "|| useradd -u 5000 -g vmail -d /var/mail/vhosts -s /usr/sbin/nologin "
                           "vmail; mkdir -p /var/mail/vhosts && chown vmail:vmail /var/mail/vhosts")
+    # The attachments' decoder's user, which the dovecot role makes (Dovecot will not start
+    # a service whose user does not exist).
+    decoder = FTS["decoder"]["user"]
+    run(host, "sh", "-c", f"getent passwd {decoder} || useradd --system -s /usr/sbin/nologin {decoder}")
     restart = run(host, "systemctl", "restart", "dovecot")
     assert restart.returncode == 0, run(host, "journalctl", "-u", "dovecot", "-n", "20").stdout
     good = run(host, "doveadm", "auth", "test", "alice@example.org", PASSWORD)
